@@ -1,0 +1,1 @@
+"""Evaluation: verification metrics and protocols, reconstruction attacks, benchmarks."""

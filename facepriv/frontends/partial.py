@@ -1,0 +1,227 @@
+"""PartialFace-style frontend: prune the visible low frequencies, send a random subset of the rest.
+
+Why it protects: the low frequencies (u + v <= 3 by default) carry most of what a person
+sees in a face, so they never leave the device. The remaining 54 frequencies per colour are
+split by a secret table into ``n_subsets`` disjoint subsets; each query sends only one subset
+(chosen with a CSPRNG at inference). During training each identity only ever contributes a
+fixed few of the subsets, so no single training image exposes all its high frequencies.
+A server (or an interceptor) therefore never holds, for any image, more than a small
+fraction of its non-visual spectrum. This is an empirical protection against
+reconstruction, not a formal privacy guarantee; ``eval.attacks`` measures it.
+
+Layout: one subset = the same ``s`` frequencies (54 / n_subsets, 9 by default) taken from Y,
+Cb and Cr, colour-major -> ``3*s`` channels (27), optionally re-ordered by one of a few fixed
+permutations of the ``s`` positions (the same permutation for the three colours).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from facepriv.frontends.base import Frontend, validate_images
+from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS, block_dct_select
+from facepriv.frontends.randomness import make_generator, secure_randbelow
+
+
+def default_pruned(max_order: int = 3) -> list[int]:
+    """Frequencies k = 8u + v with u + v <= max_order (10 of them for 3): the visible ones."""
+    return [BLOCK * u + v for u in range(BLOCK) for v in range(BLOCK) if u + v <= max_order]
+
+
+class PartialFace(Frontend):
+    """Random frequency-subset frontend (training: identity-restricted subsets; inference: secure RNG).
+
+    Args:
+        upsample: bilinear up-sampling before the block DCT (TFace: 8 -> 112x112 output).
+        pruned: frequencies k (0..63) removed from every colour; default u + v <= 3.
+        n_subsets: how many disjoint subsets the kept frequencies are split into.
+        subsets_per_identity: in training, each identity's images use only this many subsets
+            (which ones is derived from the label through the secret table).
+        n_permutations: fixed channel orders a subset may be sent in (1 = no permutation).
+        sample_multiplier: ``r``, protected views per training image (distinct subsets among
+            the identity's allowed ones); the batch grows r-fold, see ``expand_labels``.
+        secret_seed: the model secret. Determines the subset table, the identity-to-subsets
+            map and the permutations. Drawn from the OS CSPRNG when omitted; saved in
+            checkpoints, never next to protected tensors (``public_config``).
+        train_seed: seeds the generator for training-time choices (reproducible, resumable).
+        inference_seed: if set, inference choices come from a generator with this seed
+            (reproducible evaluation) instead of the OS CSPRNG.
+    """
+
+    name = "partialface"
+    secret_keys = ("secret_seed",)
+
+    def __init__(
+        self,
+        upsample: int = 8,
+        pruned: Sequence[int] | None = None,
+        n_subsets: int = 6,
+        subsets_per_identity: int = 3,
+        n_permutations: int = 3,
+        sample_multiplier: int = 3,
+        secret_seed: int | None = None,
+        train_seed: int = 0,
+        inference_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        pruned = sorted(set(default_pruned() if pruned is None else (int(k) for k in pruned)))
+        if any(not 0 <= k < COEFFS_PER_BLOCK for k in pruned):
+            raise ValueError(f"pruned frequencies must be in [0, 63], got {pruned}")
+        kept = [k for k in range(COEFFS_PER_BLOCK) if k not in pruned]
+        if n_subsets < 1 or len(kept) % n_subsets:
+            raise ValueError(f"{len(kept)} kept frequencies cannot be split into {n_subsets} equal subsets")
+        if not 1 <= subsets_per_identity <= n_subsets:
+            raise ValueError(f"subsets_per_identity must be in [1, {n_subsets}], got {subsets_per_identity}")
+        if not 1 <= sample_multiplier <= subsets_per_identity:
+            raise ValueError(
+                f"sample_multiplier ({sample_multiplier}) must be in [1, subsets_per_identity={subsets_per_identity}]: "
+                "each view of an image uses a distinct allowed subset"
+            )
+        if n_permutations < 1:
+            raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+        self.upsample = int(upsample)
+        self.pruned = pruned
+        self.kept = kept
+        self.n_subsets = int(n_subsets)
+        self.subset_size = len(kept) // n_subsets
+        self.subsets_per_identity = int(subsets_per_identity)
+        self.n_permutations = int(n_permutations)
+        self.sample_multiplier = int(sample_multiplier)
+        self.secret_seed = int(secrets.randbits(63) if secret_seed is None else secret_seed)
+        self.train_seed = int(train_seed)
+        self.inference_seed = None if inference_seed is None else int(inference_seed)
+
+        rng = np.random.default_rng(self.secret_seed)
+        table = np.asarray(kept)[rng.permutation(len(kept))].reshape(self.n_subsets, self.subset_size)
+        combos = list(itertools.combinations(range(self.n_subsets), self.subsets_per_identity))
+        combos = [combos[i] for i in rng.permutation(len(combos))]
+        perms = [np.arange(self.subset_size)] + [rng.permutation(self.subset_size) for _ in range(self.n_permutations - 1)]
+        # Buffers, so they move with .to(device) and are visible in the state dict for audits;
+        # they are re-derived from secret_seed on load, never trusted from a file.
+        self.register_buffer("subset_table", torch.as_tensor(table, dtype=torch.long), persistent=False)
+        self.register_buffer("identity_combos", torch.as_tensor(np.asarray(combos), dtype=torch.long), persistent=False)
+        self.register_buffer("permutations", torch.as_tensor(np.stack(perms), dtype=torch.long), persistent=False)
+        self._train_generator = make_generator(self.train_seed)
+        self._inference_generator = None if self.inference_seed is None else make_generator(self.inference_seed)
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def out_channels(self) -> int:
+        return N_COLORS * self.subset_size
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height * self.upsample // BLOCK, width * self.upsample // BLOCK
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "upsample": self.upsample,
+            "pruned": list(self.pruned),
+            "n_subsets": self.n_subsets,
+            "subsets_per_identity": self.subsets_per_identity,
+            "n_permutations": self.n_permutations,
+            "sample_multiplier": self.sample_multiplier,
+            "secret_seed": self.secret_seed,
+            "train_seed": self.train_seed,
+            "inference_seed": self.inference_seed,
+        }
+
+    def expand_labels(self, labels: Tensor) -> Tensor:
+        return labels.repeat_interleave(self.sample_multiplier) if self.training else labels
+
+    def privacy_report(self) -> dict[str, Any]:
+        kept = len(self.kept)
+        return {
+            "frontend": self.name,
+            "mechanism": "frequency pruning + secret random subset selection",
+            "formal_guarantee": None,
+            "pruned_frequencies_per_colour": len(self.pruned),
+            "kept_frequencies_per_colour": kept,
+            "frequencies_sent_per_query": self.subset_size,
+            "fraction_of_spectrum_sent_per_query": self.subset_size / COEFFS_PER_BLOCK,
+            "training_subsets_per_identity": f"{self.subsets_per_identity} of {self.n_subsets}",
+            "inference_randomness": "seeded generator" if self.inference_seed is not None else "OS CSPRNG (secrets)",
+            "note": "Empirical protection: measure it with `facepriv attack`. The secret seed must stay with the model owner.",
+        }
+
+    # ------------------------------------------------------------------ RNG state for exact resume
+    def get_rng_state(self) -> dict[str, Tensor]:
+        return {"train_generator": self._train_generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        self._train_generator.set_state(state["train_generator"])
+
+    # ------------------------------------------------------------------ choices
+    def subset_channels(self, subset: Tensor, permutation: Tensor) -> Tensor:
+        """Full-layout channel indices (N, 3*s) for subset ids and permutation ids (N,)."""
+        freqs = torch.gather(self.subset_table[subset], 1, self.permutations[permutation])  # (N, s)
+        colors = torch.arange(N_COLORS, device=freqs.device).view(1, N_COLORS, 1) * COEFFS_PER_BLOCK
+        return (colors + freqs.unsqueeze(1)).reshape(freqs.shape[0], -1)
+
+    def allowed_subsets(self, labels: Tensor) -> Tensor:
+        """The subsets (N, subsets_per_identity) an identity may train on, derived from its label."""
+        return self.identity_combos[labels.remainder(self.identity_combos.shape[0])]
+
+    def _training_choices(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        b, r = labels.shape[0], self.sample_multiplier
+        g = self._train_generator
+        # r distinct allowed subsets per image: a random ordering of the allowed list, first r.
+        order = torch.rand(b, self.subsets_per_identity, generator=g).argsort(dim=1)[:, :r]
+        allowed = self.allowed_subsets(labels.cpu())
+        subset = torch.gather(allowed, 1, order).reshape(-1)
+        perm = torch.randint(self.n_permutations, (b * r,), generator=g)
+        return subset, perm
+
+    def _inference_choices(self, b: int) -> tuple[Tensor, Tensor]:
+        if self._inference_generator is not None:
+            g = self._inference_generator
+            return (torch.randint(self.n_subsets, (b,), generator=g), torch.randint(self.n_permutations, (b,), generator=g))
+        return (torch.tensor(secure_randbelow(self.n_subsets, b), dtype=torch.long),
+                torch.tensor(secure_randbelow(self.n_permutations, b), dtype=torch.long))
+
+    def _explicit_choices(self, b: int, subset: Tensor | int, permutation: Tensor | int | None) -> tuple[Tensor, Tensor]:
+        def ids(value: Tensor | int, limit: int, what: str) -> Tensor:
+            t = torch.as_tensor(value, dtype=torch.long).reshape(-1)
+            t = t.expand(b) if t.numel() == 1 else t
+            if t.shape != (b,) or int(t.min()) < 0 or int(t.max()) >= limit:
+                raise ValueError(f"{what} ids must be one id or ({b},) ids in [0, {limit}), got {t.tolist()}")
+            return t
+        perm = ids(0 if permutation is None else permutation, self.n_permutations, "permutation")
+        return ids(subset, self.n_subsets, "subset"), perm
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, labels: Tensor | None = None, *, subset: Tensor | None = None,
+                permutation: Tensor | None = None) -> Tensor:
+        """Protect a batch.
+
+        Training mode: ``labels`` required; returns ``B*r`` views (views of one image are
+        adjacent, matching ``expand_labels``). Eval mode: one view per image with a random
+        subset, unless ``subset`` (and optionally ``permutation``) ids are given explicitly
+        (used by attacks that model a known choice, and by device export).
+        """
+        validate_images(images)
+        b = images.shape[0]
+        if subset is not None:
+            subset, permutation = self._explicit_choices(b, subset, permutation)
+            views = 1
+        elif self.training:
+            if labels is None:
+                raise ValueError("PartialFace in training mode needs identity labels (they select the allowed subsets)")
+            labels = torch.as_tensor(labels)
+            if labels.shape != (b,) or labels.is_floating_point() or (labels.numel() and int(labels.min()) < 0):
+                raise ValueError(f"labels must be non-negative integers of shape ({b},), got {labels.dtype} {tuple(labels.shape)}")
+            subset, permutation = self._training_choices(labels)
+            views = self.sample_multiplier
+        else:
+            subset, permutation = self._inference_choices(b)
+            views = 1
+        channels = self.subset_channels(subset.to(self.subset_table.device), permutation.to(self.subset_table.device))
+        out = block_dct_select(images, channels.view(b, -1).to(images.device), self.upsample, validate=False)
+        return out.view(b * views, self.out_channels, *out.shape[-2:])

@@ -1,0 +1,1 @@
+"""Federated training across partner sites with Flower (ClientApp/ServerApp, PFM strategy)."""
