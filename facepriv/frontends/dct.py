@@ -212,14 +212,33 @@ def block_dct(images: Tensor, upsample: int = 8, *, validate: bool = True) -> Te
     b, _, h, w = y.shape
     nbh, nbw = h * upsample // BLOCK, w * upsample // BLOCK
     if torch.is_grad_enabled() and y.requires_grad:
-        out = _full_rows(_column_pass(y, upsample), upsample, None)
-        return out.reshape(b, FULL_CHANNELS, nbh, nbw)
+        return _block_dct_graph(y, upsample)
     out = torch.empty(b, N_COLORS, BLOCK, BLOCK, nbh, nbw, dtype=y.dtype, device=y.device)
     per_image = out[0].numel() * out.element_size() * 3 // 2
     step = _chunk_size(per_image, b)
     for i in range(0, b, step):
         _full_rows(_column_pass(y[i : i + step], upsample), upsample, out[i : i + step])
     return out.view(b, FULL_CHANNELS, nbh, nbw)
+
+
+def _block_dct_graph(y: Tensor, upsample: int) -> Tensor:
+    b, _, h, w = y.shape
+    out = _full_rows(_column_pass(y, upsample), upsample, None)
+    return out.reshape(b, FULL_CHANNELS, h * upsample // BLOCK, w * upsample // BLOCK)
+
+
+def block_dct_graph(images: Tensor, upsample: int = 8) -> Tensor:
+    """:func:`block_dct` as plain out-of-place tensor ops, no checks and no Python-level chunking.
+
+    What autograd records, and what TorchScript tracing / ONNX export capture for devices.
+    """
+    return _block_dct_graph(rgb_to_ycbcr_shifted(images), upsample)
+
+
+def block_dct_select_graph(images: Tensor, channels: Tensor, upsample: int = 8) -> Tensor:
+    """:func:`block_dct_select` for ``(B, J)`` channels as plain traceable ops (see :func:`block_dct_graph`)."""
+    color, k = channels // COEFFS_PER_BLOCK, channels % COEFFS_PER_BLOCK
+    return _selected_rows(_column_pass(rgb_to_ycbcr_shifted(images), upsample), upsample, color, k // BLOCK, k % BLOCK)
 
 
 def block_dct_select(images: Tensor, channels: Tensor, upsample: int = 8, *, validate: bool = True) -> Tensor:

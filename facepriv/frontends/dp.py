@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from facepriv.frontends.base import Frontend, validate_images
 from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS, block_dct, dct_matrix
-from facepriv.frontends.randomness import laplace, make_generator, secure_uniform
+from facepriv.frontends.randomness import laplace, make_generator
 
 AC_CHANNELS = N_COLORS * (COEFFS_PER_BLOCK - 1)  # 189
 #: Full-layout indices of the AC channels, colour-major: [Y k=1..63, Cb k=1..63, Cr k=1..63].
@@ -71,8 +71,9 @@ class DCTDP(Frontend):
         noise_reward_weight: weight of DCTDP's auxiliary term ``-log(mean noise scale)``
             (rewards allocations that put most noise where recognition does not need
             precision); 0 disables it.
-        train_seed / inference_seed: noise sources; inference uses the OS CSPRNG unless
-            ``inference_seed`` is set.
+        train_seed / inference_seed: noise sources. Inference noise comes from a generator
+            freshly seeded with 64 bits of OS entropy for every call, unless ``inference_seed``
+            is set (reproducible evaluation).
     """
 
     name = "dctdp"
@@ -212,22 +213,27 @@ class DCTDP(Frontend):
 
         ``noise_uniform``: optional uniforms in (0, 1) of the output's shape, for callers that
         bring their own randomness (device export); otherwise the training generator (train
-        mode) or the OS CSPRNG / inference seed (eval mode).
+        mode) or a per-call OS-entropy-seeded generator / the inference seed (eval mode).
         """
         validate_images(images)
-        coeffs = block_dct(images, self.upsample, validate=False)[:, AC_INDEX]
-        bound = self.clip_bound.view(1, -1, 1, 1).to(coeffs.dtype)
-        clipped = torch.maximum(torch.minimum(coeffs, bound), -bound)
+        full = block_dct(images, self.upsample, validate=False)
+        b, _, h, w = full.shape
+        ac = full.view(b, N_COLORS, COEFFS_PER_BLOCK, h, w)[:, :, 1:]  # a view: no copy before clipping
+        bound = self.clip_bound.to(full.dtype).view(1, N_COLORS, COEFFS_PER_BLOCK - 1, 1, 1)
+        clipped = torch.clamp(ac, -bound, bound).reshape(b, AC_CHANNELS, h, w)
         shape = tuple(clipped.shape)
         if noise_uniform is not None:
             if tuple(noise_uniform.shape) != shape:
                 raise ValueError(f"noise_uniform must have shape {shape}, got {tuple(noise_uniform.shape)}")
-            w = noise_uniform.to(clipped.dtype) - 0.5
-            xi = -torch.sign(w) * torch.log1p(-2.0 * w.abs())
+            u = noise_uniform.to(clipped.dtype) - 0.5
+            xi = -torch.sign(u) * torch.log1p(-2.0 * u.abs())
         else:
             generator = self._train_generator if self.training else self._inference_generator
             xi = laplace(shape, generator, dtype=clipped.dtype, device=clipped.device)
-        return clipped + self.noise_scales().to(clipped.dtype) * xi
+        scales = self.noise_scales().to(clipped.dtype)
+        if torch.is_grad_enabled() and (scales.requires_grad or clipped.requires_grad):
+            return torch.addcmul(clipped, scales, xi)
+        return clipped.addcmul_(scales, xi)
 
     # ------------------------------------------------------------------ report
     @torch.no_grad()
@@ -250,6 +256,8 @@ class DCTDP(Frontend):
                 "bound_min": float(bounds.min()), "bound_max": float(bounds.max()), "bound_mean": float(bounds.mean()),
             },
             "noise_scale": {"min": float(self.noise_scales().min()), "max": float(self.noise_scales().max())},
+            "noise_source": "seeded generator (reproducible)" if self.inference_seed is not None
+            else "fresh generator per call, seeded with 64 bits from the OS CSPRNG",
             "composition_note": "Each query releases a fresh noisy tensor; k queries of the same face cost k * epsilon_per_image.",
             "honest_note": (
                 "epsilon_per_image is the formal bound. At the budgets used for recognition it is large "

@@ -1,0 +1,106 @@
+"""Frontend throughput vs the naive DCT path and the memory-write bound, side by side.
+
+Every frontend call must produce a fresh output tensor, so the physical limit for the full
+192-channel layout is the time to allocate and write a tensor of that size (9.6 MB per
+112x112 face). We time, in one process and one run:
+
+* ``write_bound``: ``torch.empty(B, 192, H, W).fill_(0)`` (fresh allocation + one write);
+* ``naive_full``: TFace-style up-sample to 896x896, then per-block DCT (``reference_block_dct``);
+* ``fast_full``: ``block_dct`` (banded, never materialises the up-sampled image);
+* ``naive_partialface``: naive full DCT, then pick each sample's 27 channels;
+* ``partialface``: ``PartialFace`` computing only its 27 channels per sample;
+* ``dctdp``, ``dct``, ``rgb``: the other frontends as deployed (eval mode);
+and check that fast and naive outputs are identical to float tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Callable
+
+import torch
+
+from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend, block_dct, reference_block_dct
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=256, help="images per call (default 256)")
+    parser.add_argument("--size", type=int, default=112, help="face size (default 112)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per method; the best is kept")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+
+
+def _best_time(fn: Callable[[], torch.Tensor], repeats: int) -> float:
+    fn()  # warm-up: caches, allocator, lazy tables
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+        del out
+    return best
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b, s = args.batch, args.size
+    images = torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(0))
+    pf = PartialFace(secret_seed=1, inference_seed=2).eval()
+    dp = DCTDP(input_size=s, inference_seed=3).eval()
+    # PartialFace's choices for this batch, so the naive path selects exactly the same channels
+    subset, perm = PartialFace(secret_seed=1, inference_seed=2)._inference_choices(b)
+    channels = pf.subset_channels(subset, perm)
+    rows = torch.arange(b).unsqueeze(1)
+
+    def fresh_write() -> torch.Tensor:
+        return torch.empty(b, 192, s, s).fill_(0.0)
+
+    prealloc = torch.empty(b, 192, s, s)
+    methods: dict[str, Callable[[], torch.Tensor]] = {
+        "write_bound": fresh_write,
+        "write_preallocated": lambda: prealloc.fill_(1.0),
+        "fast_full": lambda: block_dct(images),
+        "naive_full": lambda: reference_block_dct(images),
+        "partialface": lambda: pf(images, subset=subset, permutation=perm),
+        "naive_partialface": lambda: reference_block_dct(images)[rows, channels],
+        "dctdp": lambda: dp(images),
+        "dct": lambda: DCTFrontend()(images),
+        "rgb": lambda: RGBFrontend()(images),
+    }
+    seconds: dict[str, float] = {}
+    with torch.no_grad():
+        for name, fn in methods.items():
+            repeats = max(1, args.repeats - 1) if name.startswith("naive") else args.repeats
+            seconds[name] = _best_time(fn, repeats)
+        fast, naive = block_dct(images), reference_block_dct(images)
+        full_diff = float((fast - naive).abs().max())
+        full_rel = float((fast - naive).abs().max() / naive.abs().max())
+        del fast
+        part_diff = float((pf(images, subset=subset, permutation=perm) - naive[rows, channels]).abs().max())
+        del naive
+    ips = {k: b / v for k, v in seconds.items()}
+    ratios = {
+        "fast_full_vs_naive_full": seconds["naive_full"] / seconds["fast_full"],
+        "fast_full_time_over_write_bound": seconds["fast_full"] / seconds["write_bound"],
+        "partialface_vs_naive_partialface": seconds["naive_partialface"] / seconds["partialface"],
+        "naive_full_time_over_write_bound": seconds["naive_full"] / seconds["write_bound"],
+    }
+    goals = {
+        "fast_full >= 3x naive_full": ratios["fast_full_vs_naive_full"] >= 3.0,
+        "fast_full within 2x of write_bound": ratios["fast_full_time_over_write_bound"] <= 2.0,
+        "partialface >= 20x naive_partialface": ratios["partialface_vs_naive_partialface"] >= 20.0,
+        "identical outputs (float32, rel < 1e-5)": full_rel < 1e-5 and part_diff / 1000.0 < 1e-5,
+    }
+    return {
+        "batch": b, "size": s, "threads": torch.get_num_threads(),
+        "images_per_second": {k: round(v, 1) for k, v in ips.items()},
+        "seconds_per_batch": {k: round(v, 4) for k, v in seconds.items()},
+        "ratios": {k: round(v, 2) for k, v in ratios.items()},
+        "max_abs_difference": {"fast_vs_naive_full": full_diff, "fast_vs_naive_full_relative": full_rel,
+                               "partialface_vs_naive_select": part_diff},
+        "goals_met": goals,
+    }

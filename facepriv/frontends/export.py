@@ -1,0 +1,161 @@
+"""Export a frontend for devices (TorchScript or ONNX), with its randomness as explicit inputs.
+
+A device runs the frontend and nothing else. Exported graphs contain no random number
+generator: the app passes the random choices in (PartialFace subset/permutation ids, DCTDP
+uniforms) from the platform's cryptographically secure source, so the privacy of the
+deployment does not depend on the RNG of an inference runtime. The exported file contains
+the model secret (PartialFace's subset table): ship it only inside the trusted client app.
+
+    facepriv export --checkpoint model.pt --format onnx --out export/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from facepriv.frontends.base import Frontend
+from facepriv.frontends.baselines import DCTFrontend, RGBFrontend
+from facepriv.frontends.cli_args import add_frontend_arguments, frontend_from_args
+from facepriv.frontends.dct import BLOCK, N_COLORS, COEFFS_PER_BLOCK, block_dct_graph, block_dct_select_graph
+from facepriv.frontends.dp import AC_INDEX, DCTDP
+from facepriv.frontends.partial import PartialFace
+
+
+class _RGBDevice(nn.Module):
+    def __init__(self, f: RGBFrontend) -> None:
+        super().__init__()
+        self.normalize = f.normalize
+
+    def forward(self, images: Tensor) -> Tensor:
+        return images * 2.0 - 1.0 if self.normalize else images
+
+
+class _DCTDevice(nn.Module):
+    def __init__(self, f: DCTFrontend) -> None:
+        super().__init__()
+        self.upsample = f.upsample
+
+    def forward(self, images: Tensor) -> Tensor:
+        return block_dct_graph(images, self.upsample)
+
+
+class _PartialFaceDevice(nn.Module):
+    def __init__(self, f: PartialFace) -> None:
+        super().__init__()
+        self.upsample = f.upsample
+        self.register_buffer("subset_table", f.subset_table.clone())
+        self.register_buffer("permutations", f.permutations.clone())
+        self.register_buffer("colour_offset", (torch.arange(N_COLORS) * COEFFS_PER_BLOCK).view(1, N_COLORS, 1))
+
+    def forward(self, images: Tensor, subset_ids: Tensor, permutation_ids: Tensor) -> Tensor:
+        freqs = torch.gather(self.subset_table[subset_ids], 1, self.permutations[permutation_ids])
+        channels = (self.colour_offset + freqs.unsqueeze(1)).flatten(1)
+        return block_dct_select_graph(images, channels, self.upsample)
+
+
+class _DCTDPDevice(nn.Module):
+    def __init__(self, f: DCTDP) -> None:
+        super().__init__()
+        self.upsample = f.upsample
+        self.register_buffer("ac_index", torch.tensor(AC_INDEX))
+        self.register_buffer("bound", f.clip_bound.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("scale", f.noise_scales().detach().clone().unsqueeze(0))
+
+    def forward(self, images: Tensor, noise_uniform: Tensor) -> Tensor:
+        coeffs = torch.index_select(block_dct_graph(images, self.upsample), 1, self.ac_index)
+        clipped = torch.maximum(torch.minimum(coeffs, self.bound), -self.bound)
+        w = noise_uniform - 0.5
+        return clipped - self.scale * torch.sign(w) * torch.log1p(-2.0 * torch.abs(w))
+
+
+def device_module(frontend: Frontend) -> tuple[nn.Module, list[str], str]:
+    """The traceable device graph, its input names, and the randomness contract in words."""
+    if isinstance(frontend, PartialFace):
+        return (_PartialFaceDevice(frontend), ["images", "subset_ids", "permutation_ids"],
+                f"subset_ids: int64 (B,) uniform in [0, {frontend.n_subsets}); permutation_ids: int64 (B,) uniform in "
+                f"[0, {frontend.n_permutations}); both from the platform CSPRNG, fresh for every image")
+    if isinstance(frontend, DCTDP):
+        return (_DCTDPDevice(frontend), ["images", "noise_uniform"],
+                "noise_uniform: float32 (B, 189, H, W) uniform in (0, 1), never 0 or 1, from the platform CSPRNG, fresh for every image")
+    if isinstance(frontend, DCTFrontend):
+        return _DCTDevice(frontend), ["images"], "none"
+    if isinstance(frontend, RGBFrontend):
+        return _RGBDevice(frontend), ["images"], "none"
+    raise ValueError(f"no device export for frontend {frontend.name!r}")
+
+
+def example_inputs(frontend: Frontend, batch: int, size: int) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, size, size, generator=g)
+    if isinstance(frontend, PartialFace):
+        return images, torch.randint(frontend.n_subsets, (batch,), generator=g), torch.randint(frontend.n_permutations, (batch,), generator=g)
+    if isinstance(frontend, DCTDP):
+        h, w = frontend.output_size(size, size)
+        return images, torch.rand(batch, frontend.out_channels, h, w, generator=g).clamp_(1e-6, 1 - 1e-6)
+    return (images,)
+
+
+def export_frontend(frontend: Frontend, out_dir: Path, fmt: str = "onnx", size: int = 112) -> dict[str, Any]:
+    """Write the device graph and a JSON description; check the export against PyTorch."""
+    frontend = frontend.eval()
+    module, names, randomness = device_module(frontend)
+    module.eval()
+    inputs = example_inputs(frontend, 2, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        expected = module(*inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-derived Python ints are expected
+        if fmt == "torchscript":
+            path = out_dir / f"{frontend.name}_frontend.pt"
+            traced = torch.jit.trace(module, inputs, check_trace=False)
+            traced.save(str(path))
+            got = torch.jit.load(str(path))(*example_inputs(frontend, 2, size))
+        elif fmt == "onnx":
+            path = out_dir / f"{frontend.name}_frontend.onnx"
+            torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["protected"],
+                              dynamic_axes={n: {0: "batch"} for n in [*names, "protected"]}, opset_version=17, dynamo=False)
+            got = _run_onnx(path, names, inputs)
+        else:
+            raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
+    max_diff = None if got is None else float((torch.as_tensor(got) - expected).abs().max())
+    info = {
+        "file": path.name, "format": fmt, "frontend": frontend.public_config(),
+        "inputs": {n: list(t.shape[1:]) for n, t in zip(names, inputs)}, "input_convention": "images: float32 (B, 3, H, W) RGB in [0, 1], aligned",
+        "randomness": randomness, "output_channels": frontend.out_channels,
+        "max_abs_difference_vs_pytorch": max_diff,
+        "warning": "contains the model secret (if any): distribute only inside the trusted client app",
+    }
+    (out_dir / f"{frontend.name}_frontend.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _run_onnx(path: Path, names: list[str], inputs: tuple[Tensor, ...]) -> Tensor | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0])
+
+
+def main(argv: list[str] | None = None, prog: str = "facepriv export") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_frontend_arguments(parser)
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    parser.add_argument("--size", type=int, default=112, help="face size in pixels (default 112)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    args = parser.parse_args(argv)
+    frontend, secret_is_new = frontend_from_args(args)
+    if secret_is_new:
+        print("warning: a new secret was generated; no trained model matches this export. Use --checkpoint or a saved config.")
+    info = export_frontend(frontend, args.out, args.format, args.size)
+    print(json.dumps(info, indent=2))
+    return 0

@@ -1,0 +1,108 @@
+"""Registry, CLI commands, `facepriv protect` and device export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from facepriv.cli import main as cli_main
+from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend, build_frontend
+from facepriv.frontends.export import device_module, example_inputs, export_frontend
+from facepriv.frontends.protect import protect_folder
+
+
+def write_faces(root: Path, n: int = 3, size: int = 112) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        (root / f"person{i % 2}").mkdir(parents=True, exist_ok=True)
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / f"person{i % 2}" / f"img{i}.png"), img)
+
+
+@pytest.mark.parametrize("frontend", [RGBFrontend(), DCTFrontend(upsample=1), PartialFace(secret_seed=4), DCTDP(input_size=16)])
+def test_config_round_trip(frontend) -> None:
+    clone = build_frontend(frontend.config)
+    assert type(clone) is type(frontend) and clone.config == frontend.config
+    x = torch.rand(2, 3, 16, 16)
+    assert clone.eval()(x).shape[1] == frontend.out_channels
+
+
+def test_registry_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown frontend"):
+        build_frontend({"name": "jpeg"})
+    with pytest.raises(ValueError, match="no option"):
+        build_frontend({"name": "dctdp", "epsilon": 1})
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(yaml.safe_dump({"frontend": {"name": "partialface", "secret_seed": 9}}))
+    assert build_frontend(cfg).secret_seed == 9
+    (tmp_path / "bad.yaml").write_text("- just a list")
+    with pytest.raises(ValueError, match="mapping"):
+        build_frontend(tmp_path / "bad.yaml")
+
+
+def test_protect_writes_tensors_and_manifest_without_secrets(tmp_path: Path) -> None:
+    src, out = tmp_path / "faces", tmp_path / "protected"
+    write_faces(src)
+    (src / "person0" / "broken.jpg").write_bytes(b"\xff\xd8not really a jpeg")
+    cv2.imwrite(str(src / "person1" / "small.png"), np.zeros((50, 50, 3), np.uint8))
+    pf = PartialFace(secret_seed=1234)
+    manifest = protect_folder(pf, src, out, progress=False)
+    assert manifest["counts"] == {"found": 5, "protected": 3, "failed": 2}
+    reasons = {f["source"]: f["reason"] for f in manifest["failed"]}
+    assert "truncated JPEG" in reasons["person0/broken.jpg"] and "expected an aligned 112x112" in reasons["person1/small.png"]
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["frontend"]["secret_seed"] == "<secret>" and "1234" not in (out / "manifest.json").read_text()
+    entry = saved["files"][0]
+    tensor = load_file(str(out / entry["file"]))["protected"]
+    assert list(tensor.shape) == entry["shape"] == [27, 112, 112]
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.jpg"))  # no raw pixels leave
+
+
+def test_protect_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "faces"
+    write_faces(src, 2)
+    code = cli_main(["protect", "--frontend", "dctdp", "--option", "epsilon_mean=0.5", "--input", str(src),
+                     "--out", str(tmp_path / "o"), "--dtype", "float16"])
+    assert code == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["dtype"] == "float16" and manifest["out_channels"] == 189
+    assert manifest["privacy_report"]["epsilon_per_image"] == pytest.approx(0.5 * 189 * 112 * 112)
+    assert cli_main(["protect", "--frontend", "rgb", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_frontends_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["frontends"]) == 0
+    assert "partialface" in capsys.readouterr().out
+    assert cli_main(["frontends", "show", "--frontend", "partialface", "--option", "secret_seed=77"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"]["secret_seed"] == "<secret>" and shown["out_channels"] == 27
+    assert cli_main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("frontend", [DCTFrontend(), PartialFace(secret_seed=2), DCTDP(input_size=32)])
+def test_device_module_matches_frontend(frontend) -> None:
+    frontend.eval()
+    module, names, _ = device_module(frontend)
+    inputs = example_inputs(frontend, 2, 32)
+    got = module(*inputs)
+    if isinstance(frontend, PartialFace):
+        want = frontend(inputs[0], subset=inputs[1], permutation=inputs[2])
+    elif isinstance(frontend, DCTDP):
+        want = frontend(inputs[0], noise_uniform=inputs[1])
+    else:
+        want = frontend(inputs[0])
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_runs_and_matches(tmp_path: Path, fmt: str) -> None:
+    info = export_frontend(PartialFace(secret_seed=2), tmp_path, fmt, size=32)
+    assert (tmp_path / info["file"]).exists() and info["max_abs_difference_vs_pytorch"] < 1e-3
+    assert "subset_ids" in info["inputs"] and info["frontend"]["secret_seed"] == "<secret>"
