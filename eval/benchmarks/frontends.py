@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend, block_dct, reference_block_dct
+from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend, block_dct, block_idct, reference_block_dct
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=112, help="face size (default 112)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per method; the best is kept")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    parser.add_argument("--images", type=str, default=None, metavar="DIR",
+                        help="aligned face images to use (searched recursively; e.g. ../shared/data/lfw/aligned112); "
+                             "default: uniform random images")
+
+
+def load_batch(folder: str | None, batch: int, size: int) -> tuple[torch.Tensor, str]:
+    """``batch`` images from ``folder`` (cycled if fewer), or seeded uniform noise."""
+    if folder is None:
+        return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)), "uniform random"
+    from pathlib import Path
+
+    from facepriv.data.images import is_image_file, read_image, resize_to, to_tensor
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))[:batch]
+    if not paths:
+        raise SystemExit(f"no images found under {folder}")
+    tensors = [to_tensor(resize_to(read_image(p), (size, size))) for p in paths]
+    tensors = (tensors * (batch // len(tensors) + 1))[:batch]
+    return torch.stack(tensors), f"{len(paths)} images from {folder}"
 
 
 def _best_time(fn: Callable[[], torch.Tensor], repeats: int) -> float:
@@ -48,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     b, s = args.batch, args.size
-    images = torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(0))
+    images, source = load_batch(args.images, b, s)
     pf = PartialFace(secret_seed=1, inference_seed=2).eval()
     dp = DCTDP(input_size=s, inference_seed=3).eval()
     # PartialFace's choices for this batch, so the naive path selects exactly the same channels
@@ -82,6 +101,11 @@ def run(args: argparse.Namespace) -> dict:
         del fast
         part_diff = float((pf(images, subset=subset, permutation=perm) - naive[rows, channels]).abs().max())
         del naive
+        round_trip = {}
+        for up in (1, 8):
+            for method in ("exact", "bilinear"):
+                err = (block_idct(block_dct(images, up), up, method=method) - images).abs()
+                round_trip[f"upsample{up}_{method}"] = {"max": float(err.max()), "mean": float(err.mean())}
     ips = {k: b / v for k, v in seconds.items()}
     ratios = {
         "fast_full_vs_naive_full": seconds["naive_full"] / seconds["fast_full"],
@@ -96,11 +120,12 @@ def run(args: argparse.Namespace) -> dict:
         "identical outputs (float32, rel < 1e-5)": full_rel < 1e-5 and part_diff / 1000.0 < 1e-5,
     }
     return {
-        "batch": b, "size": s, "threads": torch.get_num_threads(),
+        "batch": b, "size": s, "images": source, "threads": torch.get_num_threads(),
         "images_per_second": {k: round(v, 1) for k, v in ips.items()},
         "seconds_per_batch": {k: round(v, 4) for k, v in seconds.items()},
         "ratios": {k: round(v, 2) for k, v in ratios.items()},
         "max_abs_difference": {"fast_vs_naive_full": full_diff, "fast_vs_naive_full_relative": full_rel,
                                "partialface_vs_naive_select": part_diff},
         "goals_met": goals,
+        "idct_round_trip_error_0_1_scale": round_trip,
     }

@@ -1,0 +1,118 @@
+"""Per-sample policies shared by the training datasets: deterministic flips and failure accounting.
+
+Why not just call ``torch.rand(generator=g)`` in ``__getitem__``? A DataLoader copies the
+dataset into every worker, so each worker would replay the *same* generator stream (the
+same flips in every worker), and results would change with ``num_workers``. Instead a base
+seed is drawn once from the user's ``torch.Generator`` and each flip is a hash of
+``(base seed, epoch, sample index)``: reproducible, independent of worker count and
+order, and different per epoch after ``set_epoch`` (as with ``DistributedSampler``).
+
+Failures (a file that stops decoding mid-run) must be visible in the main process, but
+workers are separate processes. ``FailureLog`` keeps a tiny shared-memory counter tensor
+with one slot per worker (no write races), a per-process list of what failed, and an
+optional append-only JSON-lines file so nothing is lost across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+#: worker slots in the shared failure counter; slot 0 is the main process.
+MAX_WORKER_SLOTS = 256
+
+
+def splitmix64(x: int) -> int:
+    """One round of SplitMix64: a fast, well-mixed 64-bit integer hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def hash_uniform(*keys: int) -> float:
+    """Deterministic uniform number in [0, 1) from integer keys."""
+    h = 0x2545F4914F6CDD1D
+    for k in keys:
+        h = splitmix64(h ^ (int(k) & _MASK64))
+    return (h >> 11) / float(1 << 53)
+
+
+class FlipPolicy:
+    """Horizontal flip with probability ``p``, decided by hashing (seed, epoch, index).
+
+    ``generator`` (a ``torch.Generator``) supplies the base seed once, so the caller keeps
+    control of reproducibility; ``None`` draws it from torch's global RNG.
+    """
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the flip pattern for a new epoch (call from the training loop)."""
+        self.epoch = int(epoch)
+
+    def __call__(self, index: int) -> bool:
+        return self.p > 0 and hash_uniform(self.seed, self.epoch, index) < self.p
+
+
+def _worker_slot() -> int:
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return 0
+    return 1 + (info.id % (MAX_WORKER_SLOTS - 1))
+
+
+class FailureLog:
+    """Counts and records samples that failed at run time and were substituted.
+
+    ``count`` is the total across the main process and all DataLoader workers (shared
+    memory); ``events`` lists ``(source, reason)`` seen by *this* process; ``log_path``
+    (optional) receives one JSON line per failure from every process.
+    """
+
+    def __init__(self, log_path: str | os.PathLike[str] | None = None, warn: bool = True) -> None:
+        self.counter = torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        self.events: list[tuple[str, str]] = []
+        self.bad_sources: set[str] = set()
+        self.log_path = None if log_path is None else str(log_path)
+        self.warn = warn
+
+    @property
+    def count(self) -> int:
+        """Substitutions made so far, summed over all processes sharing this log."""
+        return int(self.counter.sum().item())
+
+    def record(self, source: str, reason: str, substitute: str | None) -> None:
+        """Count one failure; warn the first time a given source fails in this process."""
+        self.counter[_worker_slot()] += 1
+        first = source not in self.bad_sources
+        self.bad_sources.add(source)
+        self.events.append((source, reason))
+        if self.log_path is not None:
+            line = json.dumps({"source": source, "reason": reason, "substitute": substitute, "pid": os.getpid()})
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        if first and self.warn:
+            warnings.warn(
+                f"skipping unreadable sample {source} ({reason}); substituted {substitute}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary for run reports."""
+        return {
+            "substitutions": self.count,
+            "bad_sources_this_process": sorted(self.bad_sources),
+            "log_path": self.log_path,
+        }
