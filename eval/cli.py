@@ -1,0 +1,180 @@
+"""``facepriv eval``: evaluate trained checkpoints.
+
+Sub-commands:
+
+* ``verify``: 1:1 verification (accuracy, TPR@FPR, EER, AUC, ROC plots) on ``.bin`` and
+  ``pairs.txt`` sets, with each image protected the way a deployed client protects it.
+
+Bad inputs (a missing image, a file that is not a ``.bin`` or not a checkpoint, a
+checkpoint that does not fit the data) print one line naming the file and exit with code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_VERIFY_DESCRIPTION = """\
+Evaluate one or more checkpoints on face verification sets, through the same inference path
+as deployment: every image is protected by the checkpoint's frontend on its own (PartialFace:
+its own secure-random frequency subset; DCTDP: fresh noise), embedded, L2-normalised, and a
+pair is scored by cosine similarity. Random frontends are scored R times (--repetitions) and
+the report gives mean ± std over repetitions; deterministic ones (RGB, DCT) are scored once.
+
+Writes into --out:
+  metrics.json     every metric, per repetition and per fold, thresholds, settings
+  summary.md       one row per checkpoint x set: accuracy, TPR@FPR 1e-4/1e-3/1e-2, EER, AUC
+  roc_<set>.png    ROC (log FPR) per set, all checkpoints on one plot
+"""
+
+_VERIFY_EPILOG = """\
+set specs (--set NAME=SPEC, repeat for several sets):
+  lfw=data/lfw.bin                      insightface .bin (lfw, cfp_fp, agedb_30, ...)
+  mine=data/pairs.txt:data/aligned      LFW-style pairs.txt over a folder laid out as
+                                        <name>/<name>_0001.jpg (see --image-ext)
+  Images must already be aligned faces of the checkpoint's input size (112x112 normally);
+  align raw photos first with `facepriv data align`.
+
+examples:
+  facepriv eval verify --checkpoint runs/rgb/model.pt --checkpoint runs/pf/model.pt \\
+      --set lfw=data/lfw.bin --out runs/eval
+  facepriv eval verify --checkpoint model.safetensors --set mine=pairs.txt:faces \\
+      --repetitions 10 --flip --seed 0 --device cuda --out runs/eval_mine
+
+metrics (definitions in docs/evaluation.md):
+  accuracy    10-fold accuracy, threshold picked on the other 9 folds (LFW protocol)
+  TPR@FPR     largest TPR with FPR <= target; "n/m" when the set has fewer than 1/FPR
+              impostor pairs (not measurable, never extrapolated)
+  EER, AUC    equal error rate and area under the ROC
+"""
+
+
+def _set_arg(text: str) -> tuple[str | None, str]:
+    """``NAME=SPEC`` (or a bare SPEC, named after its file)."""
+    if "=" in text:
+        name, spec = text.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise argparse.ArgumentTypeError(f"empty set name in {text!r}; write NAME=path")
+        return name, spec
+    return None, text
+
+
+def _device_arg(text: str) -> str:
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"invalid device {text!r} ({e}); use cpu, cuda, cuda:1 or auto") from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser(prog: str = "facepriv eval") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Evaluate trained checkpoints. Run `%(prog)s verify --help` for the verification benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    v = sub.add_parser(
+        "verify",
+        help="verification accuracy, TPR@FPR, EER, AUC and ROC plots on .bin / pairs.txt sets",
+        description=_VERIFY_DESCRIPTION,
+        epilog=_VERIFY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("--checkpoint", "-c", action="append", required=True, metavar="CKPT",
+                   help="a FaceRecognizer checkpoint (.pt or .safetensors) written by `facepriv train`; "
+                        "repeat to compare several (e.g. an RGB baseline and protected variants)")
+    v.add_argument("--set", "-s", dest="sets", action="append", required=True, type=_set_arg, metavar="NAME=SPEC",
+                   help="a verification set: NAME=path.bin or NAME=pairs.txt:image_dir; repeat for several")
+    v.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    v.add_argument("--repetitions", "-r", type=_positive, default=5, metavar="R",
+                   help="repetitions of the frontend randomness for random frontends (default: %(default)s); "
+                        "deterministic frontends are always scored once")
+    v.add_argument("--flip", action="store_true",
+                   help="flip-test: also embed the mirrored face (protected with its own randomness) and sum the "
+                        "two embeddings before normalising")
+    v.add_argument("--seed", type=int, default=None,
+                   help="make the frontend randomness reproducible (per-repetition seeds are derived from it); "
+                        "default: secure OS randomness, as deployed")
+    v.add_argument("--batch-size", "-b", type=_positive, default=64, metavar="N",
+                   help="images per forward pass (default: %(default)s)")
+    v.add_argument("--device", type=_device_arg, default="auto",
+                   help="cpu, cuda, cuda:N, or auto = cuda when available (default: %(default)s)")
+    v.add_argument("--image-ext", default="jpg", metavar="EXT",
+                   help="image file extension for pairs.txt sets (default: %(default)s)")
+    v.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
+    v.add_argument("--quiet", "-q", action="store_true", help="no progress bars, no table on stdout")
+    return parser
+
+
+def _run_verify(args: argparse.Namespace, prog: str) -> int:
+    from eval.report import summary_markdown, write_report
+    from eval.verify import parse_set_spec, verify
+
+    sets: dict[str, Any] = {}
+    for name, spec_text in args.sets:
+        spec = parse_set_spec(name, spec_text, image_ext=args.image_ext)
+        if spec.name in sets:
+            raise ValueError(f"set name {spec.name!r} given twice; name sets explicitly with NAME=SPEC")
+        sets[spec.name] = spec
+    results = verify(
+        args.checkpoint,
+        sets,
+        repetitions=args.repetitions,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    paths = write_report(results, args.out, plots=not args.no_plots)
+    if not args.quiet:
+        table = [ln for ln in summary_markdown(results).splitlines() if ln.startswith("|")]
+        print("\n".join(table))
+        print(f"\nwrote {paths['metrics']}, {paths['summary']}" + "".join(f", {p}" for p in paths["plots"].values()))
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "facepriv eval") -> int:
+    """Entry point for ``facepriv eval``; returns the exit code (2 for bad input)."""
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): argparse already printed why
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from facepriv.data.errors import DataError
+
+    try:
+        if args.command == "verify":
+            return _run_verify(args, prog)
+    except (DataError, ValueError, OSError) as e:  # CheckpointError, EvalInputError are ValueErrors
+        kind = "bad input" if isinstance(e, (DataError, ValueError)) else "file error"
+        print(f"{prog} {args.command}: {kind}: {e}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
