@@ -1,0 +1,110 @@
+"""Config loading: YAML round trip, strict keys, overrides, shipped example configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_to_dict,
+    dump_config,
+    load_config,
+    save_config,
+)
+from training.schedule import LRMultiplier, resolve_schedule
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+def test_yaml_round_trip(tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config(eval={"sets": [{"name": "lfw", "path": "lfw.bin"}], "every_steps": 5})
+    path = save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert again.eval.sets[0].name == "lfw"
+    # dumping the reloaded config gives the same text: nothing is lost or reordered
+    assert dump_config(again) == dump_config(cfg)
+
+
+def test_unknown_key_is_rejected_with_its_path(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "optim.lrr" in msg and "did you mean 'optim.lr'" in msg and str(p) in msg
+
+    p.write_text("sheduel: {}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'sheduel'.*schedule"):
+        load_config(p)
+
+
+def test_wrong_types_and_values_are_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("data: {batch_size: many, format: synthetic}\n")
+    with pytest.raises(ConfigError, match="data.batch_size: expected an integer"):
+        load_config(p)
+    p.write_text("optim: {name: rmsprop}\n")
+    with pytest.raises(ConfigError, match="optim.name"):
+        load_config(p)
+    p.write_text("data: {format: folder}\n")
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_config(p)
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_cli_style_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {format: synthetic}\noptim: {lr: 0.1}\n")
+    cfg = load_config(p, ["optim.lr=0.02", "frontend.name=partialface", "frontend.sample_multiplier=1",
+                          "schedule.milestones=[1, 2.5]", "optim.clip_grad_norm=null", "data.hflip=false"])
+    assert cfg.optim.lr == 0.02
+    assert cfg.frontend == {"name": "partialface", "sample_multiplier": 1}
+    assert cfg.schedule.milestones == [1.0, 2.5]
+    assert cfg.optim.clip_grad_norm is None and cfg.data.hflip is False
+    with pytest.raises(ConfigError, match="optim.momentun"):
+        load_config(p, ["optim.momentun=0.5"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["optim.lr"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides({"optim": {"lr": 1}}, ["optim.lr.x=1"])
+
+
+def test_defaults_are_valid_and_dp_distill_exclusive() -> None:
+    cfg = load_config(None, ["data.format=synthetic"])
+    assert isinstance(cfg, TrainConfig)
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config(None, ["data.format=synthetic", "dp.enabled=true", "distill.enabled=true"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert yaml.safe_load(dump_config(cfg))["name"] == cfg.name
+
+
+def test_shipped_config_set_is_complete() -> None:
+    names = {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"rgb_iresnet18.yaml", "partialface_iresnet18.yaml", "dctdp_iresnet18.yaml", "tiny_cpu.yaml"} <= names
+    assert any(load_config(CONFIG_DIR / n).data.format == "recordio" and load_config(CONFIG_DIR / n).head.get("type") == "partial_fc"
+               for n in names)
+
+
+def test_schedule_shapes() -> None:
+    from training.config import ScheduleConfig
+
+    r = resolve_schedule(ScheduleConfig(type="poly", epochs=2, warmup_epochs=0.5), steps_per_epoch=10)
+    assert (r.total_steps, r.warmup_steps) == (20, 5)
+    f = LRMultiplier("poly", r.total_steps, r.warmup_steps, power=2.0)
+    assert f(0) == pytest.approx(1 / 6) and f(4) == pytest.approx(5 / 6) and f(5) == 1.0
+    assert f(20) == 0.0 and 0 < f(12) < 1
+    s = LRMultiplier("step", 100, 0, milestones=[10, 20], gamma=0.1)
+    assert (s(9), s(10), s(25)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))

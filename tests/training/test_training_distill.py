@@ -1,0 +1,88 @@
+"""Distillation: a student on protected tensors learns to reproduce a teacher's embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.batches import images_to_float
+from training.distill import DistillTargets, teacher_identity
+from training.trainer import Trainer
+
+
+class ToyTeacher:
+    """A fixed random projection of 4x4-pooled RGB: a deterministic "face embedding"."""
+
+    teacher_id = "toy-projection-v1"
+
+    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(3 * 8 * 8, dim, generator=g)
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        pooled = F.adaptive_avg_pool2d(images, 8).flatten(1)
+        return (pooled - pooled.mean(dim=1, keepdim=True)) @ self.weight
+
+
+def _cosine_gap(trainer: Trainer, teacher: ToyTeacher) -> float:
+    """Mean 1 - cos(student, teacher) over the training images, through the deployment path."""
+    images = torch.stack([images_to_float(trainer.dataset[i][0][None])[0] for i in range(len(trainer.dataset))])
+    student = trainer.recognizer.embed(images)
+    target = F.normalize(teacher(images), dim=1)
+    return float((1 - (student * target).sum(dim=1)).mean())
+
+
+def test_distillation_reduces_cosine_loss(tmp_path: Path, tiny_config) -> None:
+    teacher = ToyTeacher()
+    cfg = tiny_config(
+        frontend={"name": "partialface", "sample_multiplier": 2, "secret_seed": 3},
+        input_norm={"calibration_batches": 2},
+        distill={"enabled": True, "cosine_weight": 1.0, "head_weight": 0.0, "batch_size": 32},
+        optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.0},
+        schedule={"max_steps": 60, "warmup_steps": 0, "type": "constant"},
+        data={"format": "synthetic", "synthetic": {"n_identities": 8, "images_per_identity": 8, "cache": True},
+              "image_size": 32, "batch_size": 16, "num_workers": 0, "hflip": False},
+        logging={"every_steps": 10, "progress": False},
+    )
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", teacher=teacher)
+    assert trainer.head is None  # pure distillation: no margin head
+    calls = teacher.calls
+    before = _cosine_gap(trainer, teacher)
+    trainer.fit()
+    after = _cosine_gap(trainer, teacher)
+    assert after < 0.5 * before, (before, after)
+
+    # the cache was written with the file list and the teacher's identity, and is reused
+    cache = tmp_path / "run" / "teacher_embeddings.safetensors"
+    assert cache.is_file() and cache.with_suffix(".keys.txt").is_file()
+    keys = cache.with_suffix(".keys.txt").read_text().splitlines()
+    assert len(keys) == len(trainer.dataset)
+    again = Trainer(cfg, run_dir=tmp_path / "run", teacher=teacher)
+    assert teacher.calls == calls + 2  # only the two _cosine_gap calls: the cache was reused
+    assert torch.equal(again.distill.embeddings, trainer.distill.embeddings)
+
+    # a different teacher invalidates the cache instead of silently reusing it
+    other = ToyTeacher(seed=1)
+    other.teacher_id = "toy-projection-v2"
+    third = Trainer(cfg, run_dir=tmp_path / "run", teacher=other)
+    assert other.calls > 0 and not torch.equal(third.distill.embeddings, trainer.distill.embeddings)
+
+
+def test_distill_rejects_mismatched_embedding_size(tiny_config) -> None:
+    cfg = tiny_config(distill={"enabled": True}, schedule={"max_steps": 1})
+    with pytest.raises(ValueError, match="teacher's embeddings have 8 dimensions"):
+        Trainer(cfg, teacher=ToyTeacher(dim=8))
+
+
+def test_teacher_identity_of_a_checkpoint_hashes_its_content(tmp_path: Path) -> None:
+    a = tmp_path / "a.pt"
+    a.write_bytes(b"weights-1")
+    first = teacher_identity(a)
+    a.write_bytes(b"weights-2")
+    assert teacher_identity(a) != first and first.startswith("checkpoint:a.pt:sha256=")
+    assert DistillTargets.read_cache(tmp_path / "missing.safetensors", "t", "h", 1) is None

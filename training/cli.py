@@ -1,0 +1,121 @@
+"""``facepriv train CONFIG.yaml [--out DIR] [--resume [PATH]] [--set key=value ...]``.
+
+The same command runs in one process or under torchrun; every rank parses the same
+arguments, rank 0 picks the run folder and tells the others::
+
+    facepriv train training/configs/rgb_iresnet18.yaml --out runs/rgb
+    torchrun --standalone --nproc_per_node 8 -m training.cli training/configs/ms1mv2_r100_pfc.yaml --out runs/r100
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        -m training.cli training/configs/ms1mv2_r100_pfc.yaml --out /shared/runs/r100
+
+``python -m training.cli`` accepts the config directly or after the word ``train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+log = logging.getLogger("training")
+
+
+def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a face recognition model (frontend + backbone + margin head) from a YAML config. "
+        "Runs in one process (CPU or one GPU) or under torchrun (DDP: NCCL on GPUs, gloo on CPU).",
+        epilog="Examples:\n"
+        "  facepriv train training/configs/tiny_cpu.yaml --out runs/tiny\n"
+        "  facepriv train cfg.yaml --set optim.lr=0.05 --set data.batch_size=64\n"
+        "  facepriv train cfg.yaml --out runs/tiny --resume          # continue the newest checkpoint\n"
+        "  torchrun --standalone --nproc_per_node 4 -m training.cli cfg.yaml --out runs/ddp\n"
+        "See docs/training.md for multi-node / SLURM recipes and the config reference.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file (see training/configs/)")
+    p.add_argument("--out", help="run folder (default: output_dir from the config, else runs/<name>-<timestamp>)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="continue from a checkpoint: no value = the newest complete checkpoint in --out "
+                   "(a fresh start if there is none yet, so requeued jobs can always pass --resume); "
+                   "or a run folder / checkpoint folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=0.1 --set frontend.sample_multiplier=1 (repeatable)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many more steps (the LR schedule still spans the full run); resume later")
+    p.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
+                   help="checkpoint and exit cleanly after M minutes of training (set below the scheduler's "
+                   "time limit, e.g. SLURM --time, and resubmit with --resume)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only (no progress bar)")
+    return p
+
+
+def _setup_logging(quiet: bool, rank: int) -> None:
+    level = logging.WARNING if quiet or rank != 0 else logging.INFO
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # `python -m training.cli train cfg.yaml`
+        argv = argv[1:]
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        from .config import dump_config
+
+        print(dump_config(cfg), end="")
+        return 0
+    if args.quiet:
+        cfg.logging.progress = False
+
+    from .checkpoint import latest_checkpoint
+    from .components import default_run_dir
+    from .distributed import broadcast_object, cleanup_distributed, init_distributed
+    from .trainer import Trainer
+
+    env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    _setup_logging(args.quiet, env.rank)
+    try:
+        out = args.out or cfg.output_dir
+        if args.resume not in (None, "auto") and out is None:
+            # resuming from a checkpoint path: keep writing into that run's folder
+            target = Path(args.resume)
+            out = str(target.parent.parent if (target / "shared.pt").is_file() else target)
+        run_dir = Path(out) if out else (default_run_dir(cfg.name) if env.is_main else None)
+        run_dir = Path(broadcast_object(str(run_dir)))
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log.info("run folder: %s", run_dir.resolve())
+        resume = args.resume
+        if resume == "auto" and latest_checkpoint(run_dir) is None:
+            # a requeued job's first attempt: nothing to resume yet, start the run
+            log.warning("--resume: no checkpoint in %s yet; starting a new run", run_dir)
+            resume = None
+        trainer = Trainer(cfg, run_dir=run_dir, resume=resume, dist_env=env)
+        stop = None if args.stop_after_minutes is None else 60.0 * args.stop_after_minutes
+        summary = trainer.fit(max_steps=args.max_steps, stop_after_s=stop)
+        if env.is_main:
+            verify = summary.get("verification") or {}
+            print(json.dumps({"run_dir": str(run_dir), "step": summary["step"], "total_steps": summary["total_steps"],
+                              "stopped_early": summary["stopped_early"], "epsilon": summary["epsilon"],
+                              "verification": verify}, indent=2, default=str))
+    except (ConfigError, FileNotFoundError) as exc:  # user errors: the message says it all
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m training.cli` / torchrun -m training.cli
+    raise SystemExit(main(prog="python -m training.cli"))
