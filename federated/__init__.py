@@ -1,1 +1,44 @@
-"""Federated training across partner sites with Flower (ClientApp/ServerApp, PFM strategy)."""
+"""Federated training across partner sites with Flower (ClientApp/ServerApp, PFM strategy).
+
+Layout: ``arrays`` (what travels, screening, averaging), ``momentum`` (client-side momentum
+buffers: reset or PFM's global momentum), ``strategies`` (robust FedAvg / FedAvgM / PFM),
+``site`` (a site's data and persistent state), ``client_app`` / ``server_app`` (Flower apps),
+``simulate`` (Ray simulation), ``deploy`` (test certificates), ``cli`` (``facepriv fed``).
+See docs/federated.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy: `import federated` must not import flwr/Ray (the facepriv CLI imports it to dispatch).
+_EXPORTS = {
+    "shared_keys": "federated.arrays",
+    "shared_state": "federated.arrays",
+    "load_shared_state": "federated.arrays",
+    "screen_update": "federated.arrays",
+    "weighted_average": "federated.arrays",
+    "install_momentum": "federated.momentum",
+    "RobustFedAvg": "federated.strategies",
+    "RobustFedAvgM": "federated.strategies",
+    "PFM": "federated.strategies",
+    "build_strategy": "federated.strategies",
+    "FedSettings": "federated.server_app",
+    "run_server": "federated.server_app",
+    "make_server_app": "federated.server_app",
+    "make_client_app": "federated.client_app",
+    "train_round": "federated.client_app",
+    "simulate": "federated.simulate",
+    "make_test_certificates": "federated.deploy",
+    "main": "federated.cli",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'federated' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,159 @@
+"""What travels between sites and server, and how client updates are checked and averaged.
+
+Why a module of its own: the rule "the margin head and the frontend's secrets never leave a
+site" is decided in exactly one place (``shared_state``), and every strategy (FedAvg,
+FedAvgM, PFM) uses the same reply screening (``screen_update``) and the same weighted
+average (``weighted_average``), so a NaN or absurdly large update is rejected the same way
+whatever strategy runs.
+
+Shared = every entry of ``FaceRecognizer.state_dict()`` except the frontend's *buffers*:
+backbone parameters and buffers (BatchNorm statistics), the input standardiser's
+``mean``/``std``/``calibrated`` buffers, and the frontend's learnable parameters (DCTDP's
+``budget_logits``). Frontend buffers are secrets (PartialFace's subset tables) or
+site-local calibration (DCTDP's clipping bounds) and stay where they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+#: prefix of the frontend inside FaceRecognizer's state_dict.
+FRONTEND_PREFIX = "frontend."
+
+
+class UpdateRejected(ValueError):
+    """A client update failed screening (non-finite, absurd norm, wrong keys or shapes)."""
+
+
+def shared_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of ``model`` that travel (see module docstring), in state-dict order."""
+    buffer_names = {name for name, _ in model.named_buffers()}
+    keys = []
+    for key in model.state_dict().keys():
+        if key.startswith(FRONTEND_PREFIX) and key in buffer_names:
+            continue  # frontend secrets / site calibration
+        keys.append(key)
+    return keys
+
+
+def shared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The travelling part of ``model``'s state as detached CPU tensors."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu() for k in shared_keys(model)}
+
+
+def load_shared_state(model: nn.Module, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """Copy received arrays into ``model`` (dtype cast to the local tensor's, shapes checked).
+
+    Raises ``KeyError`` naming missing/unexpected keys: a site with another architecture or
+    frontend must fail loudly in its first round, not train a half-loaded model.
+    """
+    expected = shared_keys(model)
+    missing = [k for k in expected if k not in arrays]
+    extra = [k for k in arrays if k not in set(expected)]
+    if missing or extra:
+        raise KeyError(f"global model arrays do not match this site's model: missing {missing[:5]}, unexpected {extra[:5]}")
+    state = model.state_dict()
+    with torch.no_grad():
+        for k in expected:
+            src = torch.as_tensor(np.asarray(arrays[k])) if not isinstance(arrays[k], torch.Tensor) else arrays[k]
+            if tuple(src.shape) != tuple(state[k].shape):
+                raise ValueError(f"array {k!r}: received shape {tuple(src.shape)}, this site's model has {tuple(state[k].shape)}")
+            state[k].copy_(src.to(state[k].dtype))
+
+
+def is_float_array(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+@dataclass
+class Screening:
+    """Why an update was accepted or rejected, with its norms (logged by the strategies)."""
+
+    ok: bool
+    reason: str = ""
+    update_norm: float = float("nan")
+
+
+def screen_update(
+    update: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray] | None,
+    *,
+    max_update_norm: float | None = None,
+    max_abs_value: float = 1e6,
+) -> Screening:
+    """Check one client's arrays before they may be averaged.
+
+    Rejects: missing/extra keys or shape changes w.r.t. ``reference`` (the arrays the server
+    sent), any NaN/inf, any value above ``max_abs_value`` in magnitude, and (when
+    ``max_update_norm`` is set) an L2 norm of ``update - reference`` over the float arrays
+    above it. Never raises: a bad reply must not stop the round.
+    """
+    try:
+        if reference is not None:
+            if set(update) != set(reference):
+                missing = sorted(set(reference) - set(update))[:3]
+                extra = sorted(set(update) - set(reference))[:3]
+                return Screening(False, f"keys differ from the global model (missing {missing}, unexpected {extra})")
+        sq = 0.0
+        for k, a in update.items():
+            a = np.asarray(a)
+            if reference is not None and a.shape != np.asarray(reference[k]).shape:
+                return Screening(False, f"array {k!r} has shape {a.shape}, expected {np.asarray(reference[k]).shape}")
+            if not is_float_array(a):
+                continue
+            if not np.all(np.isfinite(a)):
+                return Screening(False, f"array {k!r} contains NaN/inf")
+            if a.size and float(np.max(np.abs(a))) > max_abs_value:
+                return Screening(False, f"array {k!r} has |value| > {max_abs_value:g}")
+            if reference is not None:
+                d = a.astype(np.float64) - np.asarray(reference[k], dtype=np.float64)
+                sq += float(np.dot(d.ravel(), d.ravel()))
+        norm = math.sqrt(sq) if reference is not None else float("nan")
+        if max_update_norm is not None and reference is not None and norm > max_update_norm:
+            return Screening(False, f"update norm {norm:.4g} exceeds max_update_norm {max_update_norm:.4g}", norm)
+        return Screening(True, "", norm)
+    except Exception as exc:  # noqa: BLE001 - screening must not crash the server
+        return Screening(False, f"could not screen update: {exc}")
+
+
+def weighted_average(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per-key weighted mean of float arrays; integer/bool arrays take the value of the
+    largest-weight client (BatchNorm's ``num_batches_tracked``, ``calibrated`` flags: a mean
+    of counters or flags is meaningless).
+
+    Accumulates in float64 and casts back, so averaging K identical updates returns exactly
+    the input (the FedAvg identity test relies on it).
+    """
+    if not updates:
+        raise ValueError("weighted_average needs at least one update")
+    if len(updates) != len(weights):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise ValueError(f"aggregation weights must be finite, non-negative and not all zero: {list(weights)}")
+    w = w / w.sum()
+    top = int(np.argmax(w))
+    out: dict[str, np.ndarray] = {}
+    for k in updates[0]:
+        first = np.asarray(updates[0][k])
+        if not is_float_array(first):
+            out[k] = np.array(np.asarray(updates[top][k]), copy=True)
+            continue
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for wi, u in zip(w, updates):
+            acc += wi * np.asarray(u[k], dtype=np.float64)
+        if all(np.array_equal(np.asarray(u[k]), first) for u in updates[1:]):
+            acc = first.astype(np.float64)  # identical inputs: exact identity, no round-off
+        out[k] = acc.astype(first.dtype)
+    return out
+
+
+def state_to_numpy(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}

@@ -1,0 +1,201 @@
+"""The Flower ClientApp a partner site runs: local training with the facepriv trainer.
+
+One train message = one round at this site::
+
+    receive shared arrays (+ PFM momentum) -> load into a FaceRecognizer built from the
+    run's config -> training.Trainer on this site's data (frontend -> protected tensors ->
+    backbone -> site-local margin head) -> restore head / optimiser / schedule / data order
+    / RNG / accountant from Context.state -> install momentum (PFM: global; else reset)
+    -> ``local-steps`` trainer steps -> reply with shared arrays + metrics
+
+The head (``Trainer.head``) is never put into a reply; it lives in ``Context.state`` (and
+``state-dir`` on disk). There is no second training loop: every step is
+``Trainer.train_step``, so DP-SGD (Opacus), AMP, clipping and non-finite-step handling are
+the central trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .arrays import load_shared_state, shared_keys, shared_state
+from .momentum import group_lrs, install_momentum, shared_parameters
+from .site import HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, state_file, unpack
+from .strategies import LR_SUM_PREFIX, MOMENTUM_KEY, numpy_to_record, record_to_numpy
+
+log = logging.getLogger(__name__)
+
+
+def _config(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records.get("config", ConfigRecord()))
+
+
+def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], context: Context,
+                       arrays: dict[str, Any]) -> tuple[Any, int]:
+    """A Trainer on this site's data whose recognizer holds the received global arrays."""
+    from facepriv.frontends import build_frontend
+    from training.components import build_recognizer
+    from training.config import config_from_dict
+    from training.distributed import DistEnv
+    from training.rng import derive_seed
+    from training.trainer import Trainer
+
+    cfg = config_from_dict(cfg_dict)
+    dataset, site = site_dataset(data_spec, context.node_config, cfg.data.image_size)
+    cfg.seed = derive_seed("site", cfg.seed, site) % (2**31)  # own data order / noise per site
+    cfg.checkpoint.every_steps = 0
+    cfg.logging.progress = False
+    cfg.eval.sets = []
+    cfg.data.num_workers = 0
+    recognizer = build_recognizer(cfg, build_frontend(dict(cfg.frontend)))
+    load_shared_state(recognizer, arrays)  # before Trainer: a calibrated input norm is not re-calibrated
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device(cfg.device if cfg.device != "auto" else "cpu"))
+    trainer = Trainer(cfg, dataset=dataset, recognizer=recognizer, dist_env=env)
+    return trainer, site
+
+
+def _restore(trainer: Any, context: Context) -> None:
+    from training.rng import restore_rng_state
+
+    state: dict[str, Any] | None = None
+    if SITE_KEY in context.state:
+        state = unpack(bytes(context.state[SITE_KEY]["blob"]), "Context.state")
+    else:
+        state = load_site_state(state_file(context.node_config, str(context.run_id)))
+    if state is None:
+        return
+    trainer.head.load_state_dict(state["head"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step, trainer.epoch, trainer.batch_in_epoch = state["progress"]
+    restore_rng_state(state["rng"], trainer._rng_roots())
+    if trainer.dp is not None and state.get("dp") is not None:
+        trainer.dp.load_state_dict(state["dp"])
+
+
+def _persist(trainer: Any, context: Context) -> None:
+    from training.rng import capture_rng_state
+
+    state = {
+        "head": trainer.head.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "progress": [trainer.step, trainer.epoch, trainer.batch_in_epoch],
+        "rng": capture_rng_state(trainer._rng_roots()),
+        "dp": trainer.dp.state_dict() if trainer.dp is not None else None,
+    }
+    context.state[HEAD_KEY] = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in trainer.head.state_dict().items()})
+    context.state[SITE_KEY] = ConfigRecord({"blob": pack(state)})
+    save_site_state(state, state_file(context.node_config, str(context.run_id)))
+
+
+def train_round(msg: Message, context: Context) -> RecordDict:
+    """Run this site's local training for one round; returns the reply content."""
+    conf = _config(msg)
+    cfg_dict = json.loads(str(conf["train-config"]))
+    data_spec = json.loads(str(conf.get("data", "{}")))
+    steps = int(conf.get("local-steps", 1))
+    strategy = str(conf.get("strategy", "fedavg"))
+    arrays = record_to_numpy(msg.content["arrays"])
+    t0 = time.perf_counter()
+    trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays)
+    try:
+        _restore(trainer, context)
+        params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
+        momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if (strategy == "pfm" and MOMENTUM_KEY in msg.content) else None
+        install_momentum(trainer.optimizer, params, momentum)
+        lr_sums: dict[str, float] = {}
+        losses: list[float] = []
+        samples = skipped = 0
+        for _ in range(steps):
+            lrs = group_lrs(trainer.optimizer)
+            result = trainer.train_step(trainer.next_batch())
+            samples += result.samples
+            if result.skipped:
+                skipped += 1
+                continue
+            losses.append(float(result.loss))
+            for g, lr in lrs.items():
+                lr_sums[g] = lr_sums.get(g, 0.0) + lr
+        _persist(trainer, context)
+        metrics: dict[str, Any] = {
+            "num-examples": int(samples), "train-loss": float(sum(losses) / len(losses)) if losses else math.nan,
+            "skipped-steps": int(skipped), "local-steps": int(steps),
+            "train-time-s": time.perf_counter() - t0,
+        }
+        for g, v in lr_sums.items():
+            metrics[LR_SUM_PREFIX + g] = v
+        eps = trainer.epsilon()
+        if eps is not None:
+            metrics["dp-epsilon"] = float(eps)  # record-level epsilon spent at this site so far
+        reply = shared_state(trainer.recognizer)
+        return RecordDict({"arrays": numpy_to_record({k: v.numpy() for k, v in reply.items()}),
+                           "metrics": MetricRecord(metrics)})
+    finally:
+        trainer.close()
+
+
+def evaluate_round(msg: Message, context: Context) -> RecordDict:
+    """Mean training-objective loss of the global backbone with this site's head, on a few
+    local batches (no update): a cheap health signal when the server holds no data."""
+    conf = _config(msg)
+    cfg_dict = json.loads(str(conf.get("train-config", "{}"))) if "train-config" in conf else None
+    if cfg_dict is None:
+        raise ValueError("evaluate message carries no train-config")
+    trainer, site = build_site_trainer(cfg_dict, json.loads(str(conf.get("data", "{}"))), context,
+                                       record_to_numpy(msg.content["arrays"]))
+    try:
+        _restore(trainer, context)
+        batches = int(conf.get("eval-batches", 2))
+        total, n = 0.0, 0
+        trainer.recognizer.eval()
+        with torch.no_grad():
+            for _ in range(batches):
+                b = trainer.next_batch()
+                from training.batches import as_batch, images_to_float
+
+                bb = as_batch(b)
+                if bb.labels.numel() == 0:
+                    continue
+                loss, _ = trainer._forward_loss(images_to_float(bb.images.to(trainer.device)), bb.labels.to(trainer.device), bb.indices)
+                total += float(loss) * int(bb.labels.numel())
+                n += int(bb.labels.numel())
+        return RecordDict({"metrics": MetricRecord({"num-examples": max(n, 1), "eval-loss": total / max(n, 1), "site": site})})
+    finally:
+        trainer.close()
+
+
+def make_client_app(*, client_dp: bool = False) -> ClientApp:
+    """The ClientApp; ``client_dp`` adds Flower's ``fixedclipping_mod`` to train messages
+    (pair it with the server's ``DifferentialPrivacyClientSideFixedClipping``)."""
+    app = ClientApp()
+    mods = []
+    if client_dp:
+        from flwr.clientapp.mod import fixedclipping_mod
+
+        mods.append(fixedclipping_mod)
+
+    @app.train(mods=mods or None)
+    def _train(msg: Message, context: Context) -> Message:
+        return Message(train_round(msg, context), reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return Message(evaluate_round(msg, context), reply_to=msg)
+
+    return app
+
+
+#: Deployment entry points (``federated/app/pyproject.toml``: clientapp = "federated.client_app:app").
+#: ``app_dp`` adds fixedclipping_mod; use it when the server runs with client-level DP
+#: (the mod and the server wrapper must be switched on together).
+app = make_client_app()
+app_dp = make_client_app(client_dp=True)

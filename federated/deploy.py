@@ -1,0 +1,76 @@
+"""Deployment helpers: TEST certificates and the command lines of a SuperLink/SuperNode setup.
+
+``make_test_certificates`` writes a self-signed CA, a SuperLink server certificate signed by
+it (SANs: localhost, 127.0.0.1 and any ``hosts``) and one EC P-384 key pair per SuperNode
+(the keys Flower's SuperNode authentication uses). For production, use your institution's
+CA and keep private keys on the machines they identify; see docs/federated.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+#: Environment for SuperLink/SuperNode/flwr: never ``uv sync`` app dependencies at run time
+#: (it would resolve and download a CUDA torch); sites install facepriv themselves.
+DEPLOY_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> Path:
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+    return path
+
+
+def make_test_certificates(out: str | os.PathLike[str], *, nodes: int = 2, hosts: list[str] | None = None,
+                           days: int = 30) -> dict[str, Path]:
+    """CA + SuperLink TLS certificate + ``nodes`` SuperNode key pairs under ``out``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    pem = serialization.Encoding.PEM
+    nopass = serialization.NoEncryption()
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "facepriv test")])
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_cert = (x509.CertificateBuilder().subject_name(name("facepriv test CA")).issuer_name(name("facepriv test CA"))
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    sans: list[x509.GeneralName] = []
+    for h in hosts or ["localhost", "127.0.0.1"]:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    srv_key = ec.generate_private_key(ec.SECP384R1())
+    srv_cert = (x509.CertificateBuilder().subject_name(name("superlink")).issuer_name(ca_cert.subject)
+                .public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+    paths = {
+        "ca_cert": _write(out / "ca.crt", ca_cert.public_bytes(pem)),
+        "ca_key": _write(out / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), private=True),
+        "server_cert": _write(out / "server.pem", srv_cert.public_bytes(pem)),
+        "server_key": _write(out / "server.key", srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), private=True),
+    }
+    for i in range(1, nodes + 1):
+        key = ec.generate_private_key(ec.SECP384R1())
+        paths[f"node{i}_key"] = _write(out / f"supernode{i}.key",
+                                       key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), private=True)
+        paths[f"node{i}_pub"] = _write(out / f"supernode{i}.pub", key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return paths

@@ -1,0 +1,343 @@
+"""The Flower ServerApp: rounds, robust aggregation, per-round checkpoints and resume.
+
+Why our own round loop instead of ``Strategy.start``: Flower's loop always starts at round
+1 and keeps nothing on disk. A partner-site federation runs for days; a restarted server
+must continue from its last round with the same global model *and* the strategy's state
+(FedAvgM velocity, PFM global momentum). The loop below calls the strategy's own
+``configure_train`` / ``aggregate_train`` (so Flower's DP wrappers compose with it) and
+after every round atomically writes
+
+* ``<out>/checkpoints/global_round{r:04d}.pt``: the global FaceRecognizer (``FaceRecognizer.save``
+  format, loadable by ``facepriv eval``) and ``<out>/global.pt`` (latest copy);
+* ``<out>/checkpoints/server_state.pt``: round number + strategy state; written last, so
+  it is the commit marker a restart reads;
+* ``<out>/metrics.json`` and ``<out>/verification.png`` (when held-out data is configured).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from .arrays import load_shared_state, shared_keys, shared_state, state_to_numpy
+from .site import pack, unpack
+from .strategies import build_strategy, numpy_to_record, record_to_numpy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FedSettings:
+    """Everything one federated run needs; sent to clients as part of each train config."""
+
+    train_config: dict[str, Any]
+    out: str
+    strategy: str = "fedavg"
+    rounds: int = 3
+    local_steps: int = 5
+    #: sites per round: all connected ones (fraction 1.0) but at least ``min_train_nodes``.
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    fraction_train: float = 1.0
+    #: valid updates needed to move the global model (a round completes with fewer: it keeps
+    #: the previous model).
+    min_train_replies: int = 1
+    #: seconds to wait for replies per round; late sites are dropped from the round.
+    round_timeout: float = 600.0
+    max_update_norm: float | None = None
+    server_momentum: float = 0.9
+    server_learning_rate: float = 1.0
+    #: data spec sent to clients (simulation); deployment sites use node-config data-path.
+    data: dict[str, Any] = field(default_factory=lambda: {"format": "synthetic"})
+    #: held-out identities for server-side verification after each round (None: skip).
+    eval_data: dict[str, Any] | None = None
+    #: Flower client-level DP (server wrapper + client fixedclipping_mod): noise multiplier,
+    #: clipping norm of each site's whole update.
+    client_dp_noise: float | None = None
+    client_dp_clip: float = 1.0
+    resume: bool = True
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> FedSettings:
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------- model / eval
+
+
+def build_global_model(settings: FedSettings) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The server's FaceRecognizer and the train config sent to sites (frontend as built,
+    so every site builds the same frontend, secrets included)."""
+    from facepriv.frontends import build_frontend
+    from training.components import build_recognizer, frontend_config
+    from training.config import config_from_dict, config_to_dict
+
+    cfg = config_from_dict(settings.train_config)
+    torch.manual_seed(settings.seed)
+    frontend = build_frontend(frontend_config(cfg))
+    cfg_dict = config_to_dict(cfg)
+    cfg_dict["frontend"] = dict(frontend.config)
+    return build_recognizer(cfg, frontend), cfg_dict
+
+
+class HeldOutVerifier:
+    """Verification of the global model on identities no site trains on: all genuine and
+    impostor pairs of a small held-out set, TPR@FPR / AUC / EER via eval.metrics."""
+
+    def __init__(self, spec: dict[str, Any], image_size: int) -> None:
+        fmt = spec.get("format", "synthetic")
+        if fmt == "synthetic":
+            from facepriv.data import SyntheticFaces
+
+            ds = SyntheticFaces(int(spec.get("identities", 16)), int(spec.get("images_per_identity", 4)),
+                                seed=int(spec.get("seed", 0)), image_size=image_size,
+                                first_identity=int(spec.get("first_identity", 100000)), dtype="float",
+                                difficulty=float(spec.get("difficulty", 1.0)))
+        elif fmt == "folder":
+            from facepriv.data import ImageFolderDataset
+
+            ds = ImageFolderDataset(spec["path"], identities=spec.get("identities_list"), image_size=image_size,
+                                    dtype="float", min_images=2)
+        else:
+            raise ValueError(f"unknown eval data format {fmt!r}")
+        items = [ds[i] for i in range(len(ds))]
+        self.images = torch.stack([x for x, _ in items]).float()
+        self.labels = torch.tensor([int(y) for _, y in items])
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
+        from eval.metrics import verification_report
+
+        model.eval()
+        emb = model.embed(self.images) if hasattr(model, "embed") else model(self.images)
+        emb = torch.nn.functional.normalize(emb.float(), dim=1)
+        iu = torch.triu_indices(len(self.labels), len(self.labels), offset=1)
+        scores = (emb[iu[0]] * emb[iu[1]]).sum(1).numpy().astype(np.float64)
+        same = (self.labels[iu[0]] == self.labels[iu[1]]).numpy()
+        report = verification_report(scores, same, folds=0)
+        flat = {"auc": report["auc"], "eer": report["eer"]["eer"]}
+        for row in report["tpr_at_fpr"]:
+            if row["measurable"]:
+                flat[f"tpr@fpr={row['fpr_target']:g}"] = row["tpr"]
+        return {"flat": flat, "report": report}
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_round(out: Path, rnd: int, model: torch.nn.Module, strategy: Any, history: list[dict[str, Any]]) -> Path:
+    """Atomic per-round checkpoint; ``server_state.pt`` is written last (the commit marker)."""
+    ckdir = out / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    path = ckdir / f"global_round{rnd:04d}.pt"
+    model.save(path, extra={"federated_round": rnd, "strategy": getattr(strategy, "name", type(strategy).__name__)})
+    tmp = out / ".global.pt.tmp"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, out / "global.pt")
+    from .strategies import strategy_state
+
+    state = {"round": rnd, "model": path.name, "strategy": _np_to_torch(strategy_state(_inner(strategy))),
+             "history": json.dumps(history, default=_jsonable)}
+    _atomic_bytes(ckdir / "server_state.pt", pack(state))
+    return path
+
+
+def load_last_round(out: Path) -> dict[str, Any] | None:
+    marker = out / "checkpoints" / "server_state.pt"
+    if not marker.exists():
+        return None
+    state = unpack(marker.read_bytes(), str(marker))
+    state["model_path"] = out / "checkpoints" / state["model"]
+    state["history"] = json.loads(state["history"])
+    state["strategy"] = _torch_to_np(state["strategy"])
+    return state
+
+
+def _inner(strategy: Any) -> Any:
+    """The robust strategy under a Flower DP wrapper (which keeps it as ``.strategy``)."""
+    return getattr(strategy, "strategy", strategy)
+
+
+def _np_to_torch(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _np_to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    return obj
+
+
+def _torch_to_np(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _torch_to_np(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    return obj
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def make_strategy(settings: FedSettings, model: torch.nn.Module) -> Any:
+    keys = shared_keys(model)
+    param_keys = [n for n, p in model.named_parameters() if n in set(keys) and p.requires_grad]
+    strategy = build_strategy(
+        settings.strategy, param_keys=param_keys, fraction_train=settings.fraction_train, fraction_evaluate=0.0,
+        min_train_nodes=settings.min_train_nodes, min_available_nodes=settings.min_available_nodes,
+        min_train_replies=settings.min_train_replies, max_update_norm=settings.max_update_norm,
+        server_momentum=settings.server_momentum, server_learning_rate=settings.server_learning_rate,
+    )
+    if settings.client_dp_noise is not None:
+        if settings.strategy == "pfm":
+            raise ValueError("client-level DP (fixedclipping_mod) needs exactly one ArrayRecord per message; "
+                             "PFM also sends the global momentum. Use fedavg/fedavgm with client DP.")
+        from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, noise_multiplier=settings.client_dp_noise, clipping_norm=settings.client_dp_clip,
+            num_sampled_clients=settings.min_train_nodes)
+    return strategy
+
+
+def run_server(grid: Grid, settings: FedSettings) -> list[dict[str, Any]]:
+    """All rounds; returns the per-round history (also in ``<out>/metrics.json``)."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, cfg_dict = build_global_model(settings)
+    strategy = make_strategy(settings, model)
+    history: list[dict[str, Any]] = []
+    start = 1
+    last = load_last_round(out) if settings.resume else None
+    if last is not None:
+        from facepriv.models import FaceRecognizer
+
+        model = FaceRecognizer.load(last["model_path"])
+        cfg_dict["frontend"] = dict(model.frontend.config)
+        load = getattr(_inner(strategy), "load_state_dict", None)
+        if callable(load):
+            load(last["strategy"])
+        history = list(last["history"])
+        start = int(last["round"]) + 1
+        log.info("resuming federated run in %s after round %d", out, last["round"])
+    verifier = HeldOutVerifier(settings.eval_data, int(cfg_dict["data"]["image_size"])) if settings.eval_data else None
+    if verifier is not None and start == 1:
+        history.append({"round": 0, "verification": verifier(model)["flat"]})
+
+    base_config = {"train-config": json.dumps(cfg_dict), "data": json.dumps(settings.data),
+                   "local-steps": int(settings.local_steps)}
+    for rnd in range(start, settings.rounds + 1):
+        t0 = time.perf_counter()
+        arrays = numpy_to_record(state_to_numpy(shared_state(model)))
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base_config)), grid))
+        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+        new, metrics = strategy.aggregate_train(rnd, replies)
+        if new is not None:
+            load_shared_state(model, record_to_numpy(new))
+        inner = _inner(strategy)
+        report = inner.reports[-1].as_dict() if getattr(inner, "reports", None) else {}
+        row: dict[str, Any] = {"round": rnd, "round_time_s": time.perf_counter() - t0, "sent": len(messages),
+                               "replies": len(replies), "train": dict(metrics) if metrics is not None else {},
+                               "aggregation": report}
+        if verifier is not None:
+            row["verification"] = verifier(model)["flat"]
+        history.append(row)
+        save_round(out, rnd, model, strategy, history)
+        write_metrics(out, history, settings)
+        log.info("round %d done in %.1fs: %s", rnd, row["round_time_s"], row.get("verification", row["train"]))
+    write_metrics(out, history, settings)
+    return history
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSettings) -> None:
+    meta = {k: v for k, v in asdict(settings).items() if k != "train_config"}
+    (out / "metrics.json").write_text(json.dumps({"settings": meta, "rounds": history}, indent=2, default=_jsonable))
+    series: dict[str, dict[int, float]] = {}
+    for row in history:
+        for k, v in (row.get("verification") or {}).items():
+            if k.startswith("tpr@") or k == "auc":
+                series.setdefault(k, {})[int(row["round"])] = float(v)
+        loss = (row.get("train") or {}).get("train-loss")
+        if loss is not None:
+            series.setdefault("train-loss", {})[int(row["round"])] = float(loss)
+    if series:
+        from eval.plots import plot_metric_curves
+
+        plot_metric_curves(series, out / "verification.png", xlabel="round", ylabel="metric",
+                           title=f"federated {settings.strategy}")
+
+
+def make_server_app(settings: FedSettings) -> ServerApp:
+    """A ServerApp bound to ``settings`` (simulation and tests)."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings)
+
+    return app
+
+
+def settings_from_run_config(run_config: dict[str, Any]) -> FedSettings:
+    """Deployment: ``[tool.flwr.app.config]`` / ``flwr run --run-config`` keys -> settings.
+
+    ``settings-file`` names a JSON file with the full FedSettings (written by
+    ``facepriv fed simulate --write-settings``); individual keys override it.
+    """
+    data: dict[str, Any] = {}
+    if run_config.get("settings-file"):
+        data = json.loads(Path(str(run_config["settings-file"])).read_text())
+    if run_config.get("train-config-yaml"):
+        from training.config import config_to_dict, load_config
+
+        data["train_config"] = config_to_dict(load_config(str(run_config["train-config-yaml"])))
+    for key in ("strategy", "rounds", "local-steps", "min-train-nodes", "min-available-nodes", "min-train-replies",
+                "round-timeout", "out", "max-update-norm", "server-momentum"):
+        if run_config.get(key) not in (None, "", 0, 0.0):
+            data[key.replace("-", "_")] = run_config[key]
+    if "train_config" not in data:
+        raise ValueError("run config needs settings-file or train-config-yaml")
+    data.setdefault("out", "runs/federated")
+    return FedSettings(**data)
+
+
+app = ServerApp()
+
+
+@app.main()
+def _deployment_main(grid: Grid, context: Context) -> None:
+    run_server(grid, settings_from_run_config(dict(context.run_config)))

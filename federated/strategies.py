@@ -1,0 +1,285 @@
+"""Server strategies: robust FedAvg, FedAvgM (server momentum) and FedFace's PFM.
+
+All three subclass Flower's Message-API ``flwr.serverapp.strategy.FedAvg`` and share one
+``aggregate_train`` (``RobustFedAvg``) that
+
+* drops replies that carry an error (client crashed, timed out, ran out of memory),
+* screens every other reply with ``federated.arrays.screen_update`` (NaN/inf, absurd norm,
+  wrong keys/shapes) and logs + excludes the bad ones: they are never averaged in,
+* keeps the previous global model when fewer than ``min_train_replies`` updates survive,
+* averages the survivors weighted by ``num-examples`` and then applies the strategy's
+  server update (identity, server momentum, or PFM's momentum estimate).
+
+PFM (Bai et al., FedFace, 2021) equations are in docs/federated.md; in short, with
+``w`` the shared parameters, ``eta`` the client learning rate and ``mu`` the momentum::
+
+    client k, round r:  buf <- m_r (broadcast);  for each local step: buf <- mu*buf + g_k;
+                        w <- w - eta*buf
+    server:             w_{r+1} = sum_k p_k w_k
+                        m_{r+1} = (w_r - w_{r+1}) / L        (L = sum of the local lrs)
+
+With one local step and full participation on IID data this *is* centralised momentum SGD
+on the union batch (tested in tests/federated/test_fed_pfm.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from .arrays import FRONTEND_PREFIX, is_float_array, screen_update, weighted_average
+
+log = logging.getLogger(__name__)
+
+#: RecordDict key of PFM's broadcast global momentum (train messages only).
+MOMENTUM_KEY = "pfm-momentum"
+#: MetricRecord keys clients report: sum over local steps of each param group's lr.
+LR_SUM_PREFIX = "lr-sum-"
+
+
+def param_group_of(key: str) -> str:
+    """The trainer's param group of a shared parameter (``training.components.param_groups``)."""
+    return "frontend" if key.startswith(FRONTEND_PREFIX) else "backbone"
+
+
+def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v.numpy()) for k, v in record.items()}
+
+
+def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+@dataclass
+class RoundReport:
+    """What happened to each reply in one round (written to the server's metrics JSON)."""
+
+    round: int
+    accepted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    update_norms: dict[int, float] = field(default_factory=dict)
+    kept_previous_model: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "accepted": self.accepted, "rejected": {str(k): v for k, v in self.rejected.items()},
+                "failed": {str(k): v for k, v in self.failed.items()},
+                "update_norms": {str(k): v for k, v in self.update_norms.items()},
+                "kept_previous_model": self.kept_previous_model}
+
+
+class RobustFedAvg(FedAvg):
+    """FedAvg that survives failed, poisoned or broken clients (see module docstring).
+
+    Args (beyond Flower's FedAvg):
+        min_train_replies: valid updates needed to change the global model this round.
+        max_update_norm: reject updates whose L2 distance to the sent model exceeds this
+            (None: only NaN/inf and ``max_abs_value`` are checked).
+        max_abs_value: reject any update with a float entry above this in magnitude.
+    """
+
+    name = "fedavg"
+
+    def __init__(self, *, min_train_replies: int = 1, max_update_norm: float | None = None,
+                 max_abs_value: float = 1e6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if min_train_replies < 1:
+            raise ValueError("min_train_replies must be >= 1")
+        self.min_train_replies = int(min_train_replies)
+        self.max_update_norm = max_update_norm
+        self.max_abs_value = float(max_abs_value)
+        self.sent: dict[str, np.ndarray] | None = None
+        self.reports: list[RoundReport] = []
+
+    # ------------------------------------------------------------------ configure
+
+    def extra_train_records(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
+        """Records added to every train message (PFM: the global momentum)."""
+        return {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.sent = record_to_numpy(arrays)
+        config["strategy"] = self.name
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        extra = self.extra_train_records(server_round)
+        if extra:
+            for msg in messages:
+                for k, rec in extra.items():
+                    msg.content[k] = rec
+        return messages
+
+    # ------------------------------------------------------------------ aggregate
+
+    def server_update(self, server_round: int, old: Mapping[str, np.ndarray], averaged: dict[str, np.ndarray],
+                      metrics: list[Mapping[str, Any]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+        """Map (previous global, weighted average of accepted updates) to the new global model."""
+        return averaged
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        report = RoundReport(round=server_round)
+        accepted: list[dict[str, np.ndarray]] = []
+        weights: list[float] = []
+        metric_list: list[Mapping[str, Any]] = []
+        contents: list[RecordDict] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                report.failed[node] = str(msg.error.reason)
+                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                arrays = record_to_numpy(msg.content[self.arrayrecord_key])
+                metrics = dict(msg.content.metric_records.get("metrics", MetricRecord()))
+                weight = float(metrics.get(self.weighted_by_key, 0))
+            except Exception as exc:  # noqa: BLE001 - malformed reply: exclude, never crash
+                report.rejected[node] = f"malformed reply: {exc}"
+                log.warning("round %d: node %d sent a malformed reply (%s); excluded", server_round, node, exc)
+                continue
+            if not (np.isfinite(weight) and weight > 0):
+                report.rejected[node] = f"invalid {self.weighted_by_key}={weight}"
+                log.warning("round %d: node %d reported %s=%s; excluded", server_round, node, self.weighted_by_key, weight)
+                continue
+            check = screen_update(arrays, self.sent, max_update_norm=self.max_update_norm, max_abs_value=self.max_abs_value)
+            if not check.ok:
+                report.rejected[node] = check.reason
+                log.warning("round %d: rejected update of node %d: %s", server_round, node, check.reason)
+                continue
+            report.accepted.append(node)
+            report.update_norms[node] = check.update_norm
+            accepted.append(arrays)
+            weights.append(weight)
+            metric_list.append(metrics)
+            contents.append(msg.content)
+        self.reports.append(report)
+
+        summary = MetricRecord({"clients-accepted": len(accepted), "clients-rejected": len(report.rejected),
+                                "clients-failed": len(report.failed)})
+        if len(accepted) < self.min_train_replies:
+            report.kept_previous_model = True
+            log.warning("round %d: %d valid updates < min_train_replies=%d; keeping the previous global model",
+                        server_round, len(accepted), self.min_train_replies)
+            return None, summary
+        averaged = weighted_average(accepted, weights)
+        old = self.sent if self.sent is not None else averaged
+        new = self.server_update(server_round, old, averaged, metric_list, weights)
+        try:
+            agg = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            for k, v in agg.items():
+                summary[k] = v
+        except Exception as exc:  # noqa: BLE001 - metrics are informational
+            log.warning("round %d: could not aggregate client metrics: %s", server_round, exc)
+        return numpy_to_record(new), summary
+
+
+class RobustFedAvgM(RobustFedAvg):
+    """FedAvgM (Hsu et al. 2019): server momentum on the pseudo-gradient ``w_r - avg``::
+
+        v <- beta * v + (w_r - avg);   w_{r+1} = w_r - server_lr * v
+
+    Integer/bool arrays (counters, flags) bypass the momentum and take the averaged value.
+    """
+
+    name = "fedavgm"
+
+    def __init__(self, *, server_momentum: float = 0.9, server_learning_rate: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.server_momentum = float(server_momentum)
+        self.server_learning_rate = float(server_learning_rate)
+        self.velocity: dict[str, np.ndarray] | None = None
+
+    def server_update(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
+        new: dict[str, np.ndarray] = {}
+        velocity = self.velocity or {}
+        for k, avg in averaged.items():
+            if not is_float_array(avg):
+                new[k] = avg
+                continue
+            pseudo = np.asarray(old[k], np.float64) - avg.astype(np.float64)
+            v = self.server_momentum * velocity[k] + pseudo if k in velocity else pseudo
+            velocity[k] = v
+            new[k] = (np.asarray(old[k], np.float64) - self.server_learning_rate * v).astype(avg.dtype)
+        self.velocity = velocity
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"velocity": self.velocity}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.velocity = state.get("velocity")
+
+
+class PFM(RobustFedAvg):
+    """Partially Federated Momentum (FedFace): the server estimates the global momentum of the
+    shared parameters from the aggregated round update and broadcasts it; clients start
+    their shared-parameter momentum buffers from it. The site-local head keeps ordinary
+    local momentum (it never leaves the site, so there is nothing to federate).
+
+    Args:
+        param_keys: which shared arrays are trainable parameters (momentum is estimated for
+            these only; buffers such as BatchNorm statistics are plain averages).
+    """
+
+    name = "pfm"
+
+    def __init__(self, *, param_keys: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.param_keys = list(param_keys)
+        self.momentum: dict[str, np.ndarray] | None = None
+
+    def extra_train_records(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
+        if self.momentum is None:  # round 1: fresh buffers (torch's buf = g, i.e. centralised step 1)
+            return {}
+        return {MOMENTUM_KEY: numpy_to_record(self.momentum)}
+
+    def server_update(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
+        w = np.asarray(weights, np.float64) / float(np.sum(weights))
+        lr_sum: dict[str, float] = {}
+        for group in ("backbone", "frontend"):
+            vals = [float(m.get(LR_SUM_PREFIX + group, np.nan)) for m in metrics]
+            if all(np.isfinite(v) for v in vals):
+                lr_sum[group] = float(np.dot(w, vals))
+        momentum: dict[str, np.ndarray] = {}
+        for k in self.param_keys:
+            if k not in averaged or not is_float_array(averaged[k]):
+                continue
+            L = lr_sum.get(param_group_of(k))
+            if L is None or L <= 0:
+                raise ValueError(f"PFM: clients did not report a positive {LR_SUM_PREFIX}{param_group_of(k)} "
+                                 "(needed to turn the round update back into a momentum)")
+            momentum[k] = ((np.asarray(old[k], np.float64) - averaged[k].astype(np.float64)) / L).astype(averaged[k].dtype)
+        self.momentum = momentum
+        return averaged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum": self.momentum}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.momentum = state.get("momentum")
+
+
+STRATEGIES: dict[str, type[RobustFedAvg]] = {"fedavg": RobustFedAvg, "fedavgm": RobustFedAvgM, "pfm": PFM}
+
+
+def build_strategy(name: str, *, param_keys: Sequence[str] = (), **kwargs: Any) -> RobustFedAvg:
+    """``fedavg`` | ``fedavgm`` | ``pfm`` with the robust aggregation."""
+    name = name.lower()
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
+    if name != "fedavgm":
+        kwargs.pop("server_momentum", None)
+        kwargs.pop("server_learning_rate", None)
+    if name == "pfm":
+        return PFM(param_keys=param_keys, **kwargs)
+    return STRATEGIES[name](**kwargs)
+
+
+def strategy_state(strategy: Any) -> dict[str, Any]:
+    fn: Callable[[], dict[str, Any]] | None = getattr(strategy, "state_dict", None)
+    return fn() if callable(fn) else {}

@@ -1,0 +1,133 @@
+"""Robust aggregation: identity on identical updates, failed/NaN/huge updates excluded, and
+the site-local head never appears in a reply."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+flwr_app = pytest.importorskip("flwr.app")
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+
+from federated.arrays import screen_update, weighted_average  # noqa: E402
+from federated.strategies import RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
+
+
+def _global() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"w": rng.standard_normal((4, 3)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32),
+            "bn.num_batches_tracked": np.array(7, dtype=np.int64)}
+
+
+def _reply(msg, arrays=None, n=10, error=None):
+    if error is not None:
+        return Message(Error(code=1, reason=error), reply_to=msg)
+    return Message(RecordDict({"arrays": numpy_to_record(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=msg)
+
+
+def _round(strategy, grid, replies_fn):
+    g = _global()
+    msgs = list(strategy.configure_train(1, numpy_to_record(g), ConfigRecord(), grid))
+    return g, strategy.aggregate_train(1, replies_fn(msgs, g))
+
+
+@pytest.mark.parametrize("cls", [RobustFedAvg, RobustFedAvgM])
+def test_identical_updates_average_to_themselves(task_identity, fake_grid, cls):
+    kw = {"server_momentum": 0.0} if cls is RobustFedAvgM else {}
+    s = cls(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0, **kw)
+    upd = {k: (v + 0.5).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in _global().items()}
+    _, (new, metrics) = _round(s, fake_grid([1, 2, 3]), lambda msgs, g: [_reply(m, upd, n) for m, n in zip(msgs, (3, 10, 1000))])
+    out = record_to_numpy(new)
+    for k in upd:
+        assert out[k].dtype == upd[k].dtype
+        np.testing.assert_array_equal(out[k], upd[k])
+    assert metrics["clients-accepted"] == 3
+
+
+def test_failed_nan_and_huge_updates_are_excluded(task_identity, fake_grid):
+    s = RobustFedAvg(min_train_nodes=4, min_available_nodes=4, fraction_evaluate=0.0, max_update_norm=10.0)
+
+    def replies(msgs, g):
+        good = {k: (v + 0.1).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in g.items()}
+        nan = {k: v.copy() for k, v in good.items()}
+        nan["w"][0, 0] = np.nan
+        huge = {k: (v + 100.0).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in g.items()}
+        return [_reply(msgs[0], good), _reply(msgs[1], nan), _reply(msgs[2], huge), _reply(msgs[3], error="CUDA OOM")]
+
+    g, (new, metrics) = _round(s, fake_grid([1, 2, 3, 4]), replies)
+    out = record_to_numpy(new)
+    np.testing.assert_allclose(out["w"], g["w"] + 0.1, rtol=1e-6)  # only the good update counts
+    assert (metrics["clients-accepted"], metrics["clients-rejected"], metrics["clients-failed"]) == (1, 2, 1)
+    rep = s.reports[-1]
+    reasons = sorted(rep.rejected.values())
+    assert "NaN" in reasons[0] and "norm" in reasons[1] and "OOM" in next(iter(rep.failed.values()))
+
+
+def test_round_without_enough_valid_updates_keeps_the_model(task_identity, fake_grid):
+    s = RobustFedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0, min_train_replies=2)
+
+    def replies(msgs, g):
+        inf = {k: v.copy() for k, v in g.items()}
+        inf["b"][0] = np.inf
+        return [_reply(msgs[0], g), _reply(msgs[1], inf)]
+
+    _, (new, metrics) = _round(s, fake_grid([1, 2]), replies)
+    assert new is None and metrics["clients-rejected"] == 1 and s.reports[-1].kept_previous_model
+
+
+def test_screen_and_average_units():
+    ref = {"a": np.zeros(3, np.float32)}
+    assert not screen_update({"a": np.zeros(4, np.float32)}, ref).ok  # shape change
+    assert not screen_update({"x": np.zeros(3, np.float32)}, ref).ok  # key change
+    assert screen_update({"a": np.ones(3, np.float32)}, ref, max_update_norm=2.0).ok
+    avg = weighted_average([{"a": np.zeros(2)}, {"a": np.ones(2)}], [1, 3])
+    np.testing.assert_allclose(avg["a"], [0.75, 0.75])
+    with pytest.raises(ValueError):
+        weighted_average([{"a": np.zeros(2)}], [0])
+
+
+def _tiny_cfg() -> dict:
+    from federated.cli import default_train_config
+
+    cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
+    cfg["model"]["embedding_size"] = 16
+    return cfg
+
+
+def test_head_never_leaves_the_site(task_identity, tmp_path):
+    """Run the real client round on crafted messages: the reply carries exactly the shared
+    keys (no head, no frontend secrets); the head persists in Context.state and on disk."""
+    from federated.arrays import shared_keys, shared_state, state_to_numpy
+    from federated.client_app import train_round
+    from federated.server_app import FedSettings, build_global_model
+    from federated.site import HEAD_KEY, SITE_KEY
+
+    settings = FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), strategy="fedavg")
+    model, cfg_dict = build_global_model(settings)
+    sent = state_to_numpy(shared_state(model))
+    conf = ConfigRecord({"train-config": json.dumps(cfg_dict), "local-steps": 2, "strategy": "fedavg",
+                         "data": json.dumps({"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})})
+    ctx = Context(run_id=5, node_id=9, node_config={"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "site")},
+                  state=RecordDict(), run_config={})
+    heads = []
+    for rnd in (1, 2):
+        msg = Message(RecordDict({"arrays": numpy_to_record(sent), "config": conf}), dst_node_id=9, message_type=MessageType.TRAIN)
+        reply = train_round(msg, ctx)
+        assert list(reply.array_records) == ["arrays"]
+        keys = set(reply["arrays"].keys())
+        assert keys == set(shared_keys(model))
+        head_keys = set(ctx.state[HEAD_KEY].keys())
+        assert head_keys and not any(k in keys or k.split(".")[-1] in {"weight"} and k in keys for k in head_keys)
+        assert not any("subset" in k or k.startswith("head") for k in keys)
+        heads.append({k: v.numpy().copy() for k, v in ctx.state[HEAD_KEY].items()})
+        m = reply["metrics"]
+        assert m["num-examples"] == 8 and np.isfinite(m["train-loss"]) and m["lr-sum-backbone"] > 0
+        sent = record_to_numpy(reply["arrays"])
+    assert SITE_KEY in ctx.state and list((tmp_path / "site").glob("site-5.pt"))
+    # the head trained in round 2 starting from round 1's head (persisted, not rebuilt)
+    assert any(not np.array_equal(heads[0][k], heads[1][k]) for k in heads[0])
+    # the head's class-centre count is this site's identities (3), not a global label space
+    assert any(v.shape[0] == 3 for v in heads[1].values() if v.ndim == 2)
