@@ -102,6 +102,16 @@ class Frontend(nn.Module, abc.ABC):
         """
         return labels
 
+    def get_rng_state(self) -> dict[str, Tensor]:
+        """State of the training-time generator (``_train_generator``), for exact resume."""
+        generator = getattr(self, "_train_generator", None)
+        return {} if generator is None else {"train_generator": generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        generator = getattr(self, "_train_generator", None)
+        if generator is not None and "train_generator" in state:
+            generator.set_state(state["train_generator"])
+
     def public_config(self) -> dict[str, Any]:
         """``config`` without secrets: what may travel with protected tensors."""
         cfg = copy.deepcopy(self.config)

@@ -148,12 +148,6 @@ class DCTDP(Frontend):
             "inference_seed": self.inference_seed,
         }
 
-    def get_rng_state(self) -> dict[str, Tensor]:
-        return {"train_generator": self._train_generator.get_state()}
-
-    def set_rng_state(self, state: dict[str, Tensor]) -> None:
-        self._train_generator.set_state(state["train_generator"])
-
     # ------------------------------------------------------------------ budget
     def epsilons(self) -> Tensor:
         """Per-element budgets (189, H, W) (broadcastable for ``channel`` allocation); they sum to eps_total."""

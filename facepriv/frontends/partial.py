@@ -151,13 +151,6 @@ class PartialFace(Frontend):
             "note": "Empirical protection: measure it with `facepriv attack`. The secret seed must stay with the model owner.",
         }
 
-    # ------------------------------------------------------------------ RNG state for exact resume
-    def get_rng_state(self) -> dict[str, Tensor]:
-        return {"train_generator": self._train_generator.get_state()}
-
-    def set_rng_state(self, state: dict[str, Tensor]) -> None:
-        self._train_generator.set_state(state["train_generator"])
-
     # ------------------------------------------------------------------ choices
     def subset_channels(self, subset: Tensor, permutation: Tensor) -> Tensor:
         """Full-layout channel indices (N, 3*s) for subset ids and permutation ids (N,)."""
