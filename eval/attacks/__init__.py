@@ -1,0 +1,29 @@
+"""Reconstruction attacks on protected face tensors, and how much identity they recover.
+
+Threat model, attacks and how to read the report: docs/attacks.md. Entry points:
+``run_attacks`` (one frontend -> results dict; the results script calls it per frontend) and
+``facepriv attack`` (``eval.attacks.cli``).
+"""
+
+from eval.attacks.analytic import FILLS, AnalyticConfig, analytic_invert, fill_and_invert, lstsq_invert
+from eval.attacks.checkpointing import AttackCheckpointError, atomic_save, safe_load
+from eval.attacks.data import FaceSet, VictimSplit, check_disjoint, load_faces, load_victims, split_victims
+from eval.attacks.decoder import UNetDecoder
+from eval.attacks.learned import LearnedConfig, LearnedInverter, Standardiser, train_decoder
+from eval.attacks.metrics import PSNR_CAP_DB, image_metrics, json_safe, psnr, ssim
+from eval.attacks.optimisation import OptimConfig, optimise_inversion, total_variation
+from eval.attacks.placement import FrequencyProfile
+from eval.attacks.report import render_markdown, save_grid, worst_case, write_report
+from eval.attacks.runner import ATTACKS, AttackConfig, JudgeCache, run_attacks
+from eval.attacks.views import KNOWLEDGE_LEVELS, AttackerView, AuxStats, Placed, build_view, has_secret, observe, public_copy
+
+__all__ = [
+    "ATTACKS", "FILLS", "KNOWLEDGE_LEVELS", "PSNR_CAP_DB",
+    "AnalyticConfig", "AttackCheckpointError", "AttackConfig", "AttackerView", "AuxStats", "FaceSet",
+    "FrequencyProfile", "JudgeCache", "LearnedConfig", "LearnedInverter", "OptimConfig", "Placed", "Standardiser",
+    "UNetDecoder", "VictimSplit",
+    "analytic_invert", "atomic_save", "build_view", "check_disjoint", "fill_and_invert", "has_secret", "image_metrics",
+    "json_safe", "load_faces", "load_victims", "lstsq_invert", "observe", "optimise_inversion", "psnr", "public_copy",
+    "render_markdown", "run_attacks", "safe_load", "save_grid", "split_victims", "ssim", "total_variation",
+    "train_decoder", "worst_case", "write_report",
+]
