@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("eval.cli", "evaluate checkpoints: verification TPR@FPR, accuracy, ROC plots"),
     "attack": Command("eval.attacks.cli", "run reconstruction attacks against a frontend and judge identity leakage"),
     "fed": Command("federated.cli", "federated training with Flower: simulate, or run a deployed app"),
+    "experiment": Command("eval.experiments.cli", "reproducible experiments on real data: the LFW-half privacy/accuracy table"),
     "bench": Command("eval.bench", "benchmarks: frontends, training throughput, metrics, federated overhead"),
 }
 

@@ -13,9 +13,10 @@ if teacher identity, keys and count all match, so a changed dataset or teacher i
 silently trained against stale targets. Samples that could not be read when the cache was
 built have all-zero targets, which give zero gradient (they are ignored, not fatal).
 
-Teachers: any ``Callable[[Tensor], Tensor]`` taking RGB ``B x 3 x H x W`` in [0, 1] (the
-eval team adds dlib/ONNX adapters), or a facepriv checkpoint path (``FaceRecognizer.load``,
-its ``embed``). Under torchrun every rank embeds its share of the images and rank 0 merges.
+Teachers: any ``Callable[[Tensor], Tensor]`` taking RGB ``B x 3 x H x W`` in [0, 1], a
+facepriv checkpoint path (``FaceRecognizer.load``, its ``embed``), or a judge spec
+(``dlib``, an ArcFace ``.onnx`` file) resolved through ``eval.judges``. ``distill.cache`` may
+be a file or a folder (one file per dataset, named by the hash of its sample keys). Under torchrun every rank embeds its share of the images and rank 0 merges.
 """
 
 from __future__ import annotations
@@ -70,6 +71,33 @@ def teacher_identity(teacher: Any) -> str:
     fn = getattr(teacher, "__func__", teacher)
     name = getattr(fn, "__qualname__", type(teacher).__qualname__)
     return f"callable:{getattr(fn, '__module__', '?')}.{name}"
+
+
+def resolve_teacher(spec: str | os.PathLike[str], device: torch.device) -> Teacher:
+    """A teacher from its config string: a facepriv checkpoint file, or a judge spec.
+
+    Judge specs (``dlib``, ``path/to/arcface.onnx``; see ``eval.judges.build_judge``) give a
+    pretrained recogniser the defender did not train itself, e.g. the dlib ResNet that ships
+    with ``face_recognition_models``: the realistic "we already own an RGB face model" case.
+    """
+    spec_s = str(spec)
+    if Path(spec_s).is_file() and not spec_s.lower().endswith(".onnx"):
+        return load_checkpoint_teacher(spec_s, device)
+    try:
+        from eval.judges import build_judge
+    except ImportError as exc:  # pragma: no cover - eval ships with facepriv
+        raise ValueError(f"distill.teacher {spec_s!r}: not a checkpoint file, and eval.judges is unavailable") from exc
+    judge = build_judge(spec_s, device=str(device))
+
+    @torch.no_grad()
+    def embed(images: Tensor) -> Tensor:
+        return judge.embed(images.float().cpu()).to(device)
+
+    described = judge.describe()
+    embed.teacher_id = "judge:" + json.dumps({k: described[k] for k in sorted(described) if k != "models_dir"},
+                                             sort_keys=True)  # type: ignore[attr-defined]
+    embed.judge = judge  # type: ignore[attr-defined]
+    return embed
 
 
 def load_checkpoint_teacher(path: str | os.PathLike[str], device: torch.device) -> Teacher:
@@ -191,17 +219,22 @@ class DistillTargets:
         """Load the cache or compute it (sharded over ranks), then hold it on ``device``."""
         if teacher is None:
             if not cfg.distill.teacher:
-                raise ValueError("distill.enabled needs distill.teacher (a facepriv checkpoint) or a teacher callable")
-            teacher = load_checkpoint_teacher(cfg.distill.teacher, device)
-        if cfg.distill.cache:
+                raise ValueError("distill.enabled needs distill.teacher (a facepriv checkpoint, 'dlib' or an "
+                                 ".onnx file) or a teacher callable")
+            teacher = resolve_teacher(cfg.distill.teacher, device)
+        keys = dataset_keys(dataset)
+        n = len(keys)
+        khash = keys_sha256(keys)
+        if cfg.distill.cache and (str(cfg.distill.cache).endswith(("/", os.sep)) or Path(cfg.distill.cache).is_dir()):
+            # a folder: one file per dataset, so runs on different data (federated sites,
+            # experiment arms) share the folder without overwriting each other's targets
+            cache = Path(cfg.distill.cache) / f"teacher_{khash[:16]}.safetensors"
+        elif cfg.distill.cache:
             cache = Path(cfg.distill.cache)
         elif run_dir is not None:
             cache = run_dir / "teacher_embeddings.safetensors"
         else:
             cache = None
-        keys = dataset_keys(dataset)
-        n = len(keys)
-        khash = keys_sha256(keys)
         tid = teacher_identity(teacher)
         emb = cls.read_cache(cache, tid, khash, n) if cache is not None else None
         if emb is None:

@@ -1,0 +1,129 @@
+"""The LFW-half experiment end to end on a tiny generated stand-in for the shared data folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.experiments import ExperimentConfigError, LfwDataError, config_from_dict, load_config, prepare_lfw_half
+
+N_LFW, PER_ID, SIZE = 24, 3, 32
+
+
+def _fake_data_root(root: Path) -> Path:
+    """lfw/aligned112 + pairs.txt (10 identity-disjoint folds) + identity_fold.json + celeba299."""
+    from facepriv.data.synthetic import write_folder
+
+    lfw = root / "lfw" / "aligned112"
+    write_folder(lfw, N_LFW, PER_ID, seed=1, image_size=SIZE, progress=False)
+    names = sorted(p.name for p in lfw.iterdir())
+    folds = {n: i // 2 for i, n in enumerate(names[:20])}  # 2 identities per fold; 4 in no fold
+    lines = ["10\t2"]
+    for f in range(10):
+        a, b = [n for n in names[:20] if folds[n] == f]
+        lines += [f"{a}\t1\t2", f"{b}\t2\t3", f"{a}\t1\t{b}\t1", f"{a}\t3\t{b}\t2"]
+    (root / "lfw" / "pairs.txt").write_text("\n".join(lines) + "\n")
+    (root / "lfw" / "identity_fold.json").write_text(json.dumps(folds))
+    celeb = root / "celeba299" / "aligned112"
+    write_folder(celeb, 3, PER_ID, seed=2, image_size=SIZE, first_identity=500, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return _fake_data_root(tmp_path_factory.mktemp("shared_data"))
+
+
+def _tiny_config(models: list[dict]) -> dict:
+    return {
+        "name": "tiny", "seed": 0, "device": "cpu", "teacher": "dlib", "judge": "dlib",
+        "train": {"data": {"image_size": SIZE, "batch_size": 8, "num_workers": 0},
+                  "model": {"name": "iresnet18", "width": 0.125, "embedding_size": 128},
+                  "input_norm": {"mode": "auto", "calibration_batches": 1},
+                  "head": {"type": "softmax", "margin": "arcface", "s": 32.0, "m": 0.3},
+                  "optim": {"name": "sgd", "lr": 0.05},
+                  "schedule": {"type": "poly", "max_steps": 4},
+                  "checkpoint": {"every_steps": 2, "keep_last": 1}, "logging": {"every_steps": 2, "progress": False}},
+        "models": models,
+        "federated": {"clients": 2, "rounds": 1, "num_cpus": 2, "cpus_per_client": 1.0},
+        "eval": {"repetitions": 2, "batch_size": 16},
+        "attacks": {"max_victims": 6, "max_gallery_per_identity": 2, "max_aux": 20,
+                    "config": {"knowledge": "public", "fills": ["zeros"], "grid_victims": 2, "progress": False,
+                               "analytic": {"iterations": 2}, "learned": {"steps": 3, "batch_size": 4, "width": 4,
+                                                                         "depth": 1},
+                               "optimisation": {"steps": 2}}},
+    }
+
+
+def test_layout_is_identity_disjoint(data_root, tmp_path):
+    layout = prepare_lfw_half(data_root, tmp_path)
+    train = {p.name for p in Path(layout.train).iterdir()}
+    victims = {p.name for p in Path(layout.victims).iterdir()}
+    aux = {p.name for p in Path(layout.aux).iterdir()}
+    assert len(victims) == 10 and not (victims & train) and not (victims & aux)
+    assert layout.counts["train_identities"] == 10 + 4 + 3 and len(aux) == 14
+    assert all(n.startswith("celeba_") for n in train - aux)
+    head, *body = Path(layout.pairs).read_text().splitlines()
+    assert head.split() == ["5", "2"] and len(body) == 20 == layout.counts["test_pairs"]
+    # idempotent, and it refuses a folder holding something else
+    assert prepare_lfw_half(data_root, tmp_path).counts == layout.counts
+    (Path(layout.victims) / "intruder").mkdir()
+    with pytest.raises(LfwDataError, match="not part of this protocol"):
+        prepare_lfw_half(data_root, tmp_path)
+
+
+def test_missing_data_is_named(tmp_path):
+    with pytest.raises(LfwDataError, match="identity_fold.json"):
+        (tmp_path / "lfw" / "aligned112").mkdir(parents=True)
+        (tmp_path / "lfw" / "pairs.txt").write_text("10\t300\n")
+        prepare_lfw_half(tmp_path, tmp_path / "out")
+
+
+def test_config_validation():
+    assert len(load_config("cpu").models) == len(load_config("gpu").models)
+    assert load_config("cpu", ["eval.repetitions=5"]).eval.repetitions == 5
+    with pytest.raises(ExperimentConfigError, match="mode"):
+        config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}, "mode": "bogus"}]))
+    with pytest.raises(ExperimentConfigError, match="unique"):
+        config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}] * 2))
+    with pytest.raises(ExperimentConfigError, match="unknown key"):
+        config_from_dict({**_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]), "epochz": 3})
+
+
+def test_end_to_end_resume_and_report(data_root, tmp_path):
+    pytest.importorskip("dlib")
+    pytest.importorskip("flwr")
+    from eval.experiments.lfw_half import main
+
+    models = [{"name": "rgb_distill", "mode": "distill", "frontend": {"name": "rgb"}},
+              {"name": "pf_scratch", "mode": "scratch", "frontend": {"name": "partialface"}},
+              {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}}]
+    import yaml
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(_tiny_config(models)))
+    out = tmp_path / "run"
+    docs = tmp_path / "docs"
+    argv = ["--data", str(data_root), "--out", str(out), "--config", str(cfg_path), "--publish", str(docs)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["reference"]["accuracy"][0] is not None
+    for name in ("rgb_distill", "pf_scratch", "pf_pfm"):
+        row = res["rows"][name]
+        assert row["verification"] is not None and row["leakage"]["public"]["best_attack"]
+        assert (out / "models" / name / "model.pt").is_file()
+    assert res["rows"]["pf_scratch"]["verification"]["repetitions"] == 2  # stochastic: repeated
+    assert res["rows"]["pf_pfm"]["training"]["steps"] == 4  # 1 round x 2 local steps x 2 sites
+    assert list((out / "teacher").glob("teacher_*.safetensors"))
+    md = (docs / "results.md").read_text()
+    assert "| pf_pfm | pfm |" in md and "![ROC](results/roc.png)" in md and (docs / "results" / "roc.png").is_file()
+    # re-running does no work again and gives the same table
+    before = (out / "timings.json").read_text()
+    assert main(argv) == 0
+    t_before, t_after = json.loads(before), json.loads((out / "timings.json").read_text())
+    assert all(t_after[k] - t_before[k] < 5.0 for k in t_before if k.startswith("train/"))
+    assert (docs / "results.md").read_text().split("## How")[0] == md.split("## How")[0]
+    # the same folder refuses a different config
+    assert main(argv + ["--set", "seed=1"]) == 2
