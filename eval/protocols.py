@@ -49,6 +49,7 @@ __all__ = [
     "embed_protected_set",
     "frontend_for_repetition",
     "is_reseedable",
+    "pair_scores",
     "pair_slots",
     "probe_stochastic",
     "repetition_seeds",
@@ -325,12 +326,26 @@ def embed_protected_set(
     )
 
 
-def score_pairs(emb: ProtectedEmbeddings, repetition: int) -> np.ndarray:
-    """Cosine scores (float64) of every pair for one repetition (embeddings are unit norm)."""
-    e = emb.embeddings[repetition]
-    p = torch.as_tensor(emb.slots.pairs)
+def pair_scores(embeddings: Tensor, pairs: np.ndarray | Tensor) -> np.ndarray:
+    """Cosine scores (float64) of ``pairs`` (P x 2 row indices) over unit-norm ``embeddings``.
+
+    The one scoring routine of the code base: ``facepriv eval verify`` and the trainer's
+    periodic verification both call it, so the same embeddings give bit-identical scores
+    (and metrics) on both paths. The dot products are taken in float64 (a float32 sum of
+    512 products carries ~1e-7 error, enough to reorder near-tied pairs at a threshold), in
+    chunks that bound the temporary ``P x D`` gather.
+    """
+    p = torch.as_tensor(np.asarray(pairs, dtype=np.int64)).reshape(-1, 2)
     out = np.empty(p.shape[0], dtype=np.float64)
+    if p.shape[0] and (int(p.min()) < 0 or int(p.max()) >= embeddings.shape[0]):
+        raise IndexError(f"pair indices must be in [0, {embeddings.shape[0]}), got range [{int(p.min())}, {int(p.max())}]")
+    e = embeddings.detach().cpu()
     for s in range(0, p.shape[0], _SCORE_CHUNK):
         q = p[s : s + _SCORE_CHUNK]
         out[s : s + q.shape[0]] = (e[q[:, 0]].double() * e[q[:, 1]].double()).sum(dim=1).numpy()
     return out
+
+
+def score_pairs(emb: ProtectedEmbeddings, repetition: int) -> np.ndarray:
+    """Cosine scores (float64) of every pair for one repetition (embeddings are unit norm)."""
+    return pair_scores(emb.embeddings[repetition], emb.slots.pairs)

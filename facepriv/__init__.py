@@ -11,8 +11,7 @@ The public names below are re-exported lazily so that `import facepriv` (and the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facepriv.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,9 +30,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'facepriv' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,8 +2,10 @@
 
 Each image is protected on its own by the frontend in *eval* mode (PartialFace: one random
 subset from the secure RNG; DCTDP: fresh noise) and embedded with
-``FaceRecognizer.embed``; a pair's score is the cosine similarity. Metrics come from
-``eval.metrics.verification_report`` so training logs and ``facepriv eval`` agree.
+``FaceRecognizer.embed``; a pair's score is the cosine similarity. Embedding (flip-test
+included), scoring (``eval.protocols.pair_scores``) and metrics
+(``eval.metrics.verification_report``) are the very functions ``facepriv eval verify`` uses,
+so training logs and the evaluation CLI agree to the bit on the same embeddings.
 Decoded images are cached in memory (uint8) after the first evaluation, so periodic
 evaluation costs only the forward passes.
 """
@@ -16,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batches import images_to_float
@@ -66,26 +67,30 @@ def materialise(vset: Any, *, max_pairs: int | None = None, seed: int = 0, batch
 @torch.no_grad()
 def embed_images(recognizer: nn.Module, images: Tensor, device: torch.device, *, batch_size: int = 128,
                  flip: bool = False) -> Tensor:
-    """L2-normalised embeddings (N x D, float32, CPU) of uint8/float images, one at a time per frontend call."""
+    """L2-normalised embeddings (N x D, float32, CPU) of uint8/float images, each image its own query.
+
+    ``flip`` is the flip-test of ``FaceRecognizer.embed(flip=True)`` (the insightface
+    convention: sum the *raw* embeddings of the face and its mirror image, then normalise),
+    called rather than re-implemented so that training-time and ``facepriv eval`` scores
+    cannot drift apart.
+    """
     was_training = recognizer.training
     recognizer.eval()
     out = []
     try:
         for start in range(0, len(images), batch_size):
             x = images_to_float(images[start : start + batch_size].to(device, non_blocking=True))
-            e = recognizer.embed(x).float()
-            if flip:
-                e = F.normalize(e + recognizer.embed(x.flip(-1)).float(), dim=1)
-            out.append(e.cpu())
+            out.append(recognizer.embed(x, flip=flip).float().cpu())
     finally:
         recognizer.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 def score_pairs(embeddings: Tensor, pairs: np.ndarray) -> np.ndarray:
-    a = embeddings[torch.as_tensor(pairs[:, 0])]
-    b = embeddings[torch.as_tensor(pairs[:, 1])]
-    return (a * b).sum(dim=1).double().numpy()
+    """Cosine scores (float64) of ``pairs`` over unit-norm embeddings: ``eval.protocols.pair_scores``."""
+    from eval.protocols import pair_scores
+
+    return pair_scores(embeddings, pairs)
 
 
 def flatten_report(report: dict[str, Any]) -> dict[str, Any]:

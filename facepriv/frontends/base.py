@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import logging
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,12 @@ from torch import Tensor, nn
 #: Tolerance for the [0, 1] range check: images decoded to float and resized may overshoot
 #: by rounding, but anything beyond this is a caller using the wrong convention (0-255, [-1,1]).
 RANGE_TOLERANCE = 1e-4
+
+log = logging.getLogger(__name__)
+
+#: Frontend classes already warned about a fixed ``inference_seed`` (once per process: the
+#: evaluation protocol builds one seeded copy per repetition and would repeat the warning).
+_WARNED_FIXED_INFERENCE_SEED: set[str] = set()
 
 
 def validate_images(images: Any, *, multiple_of: int = 8, name: str = "images") -> Tensor:
@@ -72,8 +79,16 @@ class Frontend(nn.Module, abc.ABC):
 
     name: ClassVar[str] = ""
     #: keys of ``config`` that are secrets: kept in checkpoints, never written next to
-    #: protected tensors that leave the device.
+    #: protected tensors that leave the device. ``public_config`` writes ``"<secret>"`` and
+    #: ``build_frontend`` refuses such a config: without the secret the frontend cannot be
+    #: rebuilt (PartialFace's subset table).
     secret_keys: ClassVar[tuple[str, ...]] = ()
+    #: keys of ``config`` that are secret but not needed to rebuild the frontend: a fixed
+    #: ``inference_seed`` makes deployment randomness (DCTDP's noise, PartialFace's subset
+    #: choice) predictable, i.e. removable by whoever knows it. ``public_config`` resets them
+    #: to ``None``, their default (the OS-entropy source), so a public config still builds a
+    #: working frontend, one whose inference randomness is fresh and secure.
+    reseed_keys: ClassVar[tuple[str, ...]] = ("inference_seed",)
 
     @property
     @abc.abstractmethod
@@ -113,12 +128,35 @@ class Frontend(nn.Module, abc.ABC):
             generator.set_state(state["train_generator"])
 
     def public_config(self) -> dict[str, Any]:
-        """``config`` without secrets: what may travel with protected tensors."""
+        """``config`` without secrets: what may travel with protected tensors.
+
+        ``secret_keys`` become ``"<secret>"``; ``reseed_keys`` become ``None`` (see there).
+        """
         cfg = copy.deepcopy(self.config)
         for key in self.secret_keys:
             if key in cfg:
                 cfg[key] = "<secret>"
+        for key in self.reseed_keys:
+            if key in cfg:
+                cfg[key] = None
         return cfg
+
+    def _warn_if_fixed_inference_seed(self) -> None:
+        """Call on every eval-mode draw: logs once per process and class if the inference
+        randomness comes from a fixed seed (deployment noise/choices are then reproducible by
+        anyone who knows the seed). A warning, not an error: seeded evaluation and tests rely on it."""
+        if getattr(self, "inference_seed", None) is None or self.training:
+            return
+        key = type(self).__name__
+        if key in _WARNED_FIXED_INFERENCE_SEED:
+            return
+        _WARNED_FIXED_INFERENCE_SEED.add(key)
+        log.warning(
+            "%s runs in eval mode with a fixed inference_seed: its deployment randomness is reproducible by "
+            "anyone who knows the seed (fine for a reproducible evaluation, not for deployment; leave "
+            "inference_seed unset to draw from the OS CSPRNG). Logged once per process.",
+            key,
+        )
 
     def privacy_report(self) -> dict[str, Any]:
         """What protection this frontend gives, stated so a reviewer can check it."""

@@ -73,7 +73,9 @@ class DCTDP(Frontend):
             precision); 0 disables it.
         train_seed / inference_seed: noise sources. Inference noise comes from a generator
             freshly seeded with 64 bits of OS entropy for every call, unless ``inference_seed``
-            is set (reproducible evaluation).
+            is set (reproducible evaluation). A set ``inference_seed`` is a secret (whoever
+            knows it can regenerate and subtract the noise): ``public_config`` drops it, and
+            using it in eval mode logs a one-time warning.
     """
 
     name = "dctdp"
@@ -222,6 +224,8 @@ class DCTDP(Frontend):
             u = noise_uniform.to(clipped.dtype) - 0.5
             xi = -torch.sign(u) * torch.log1p(-2.0 * u.abs())
         else:
+            if not self.training:
+                self._warn_if_fixed_inference_seed()
             generator = self._train_generator if self.training else self._inference_generator
             xi = laplace(shape, generator, dtype=clipped.dtype, device=clipped.device)
         scales = self.noise_scales().to(clipped.dtype)

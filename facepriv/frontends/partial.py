@@ -174,6 +174,7 @@ class PartialFace(Frontend):
 
     def _inference_choices(self, b: int) -> tuple[Tensor, Tensor]:
         if self._inference_generator is not None:
+            self._warn_if_fixed_inference_seed()
             g = self._inference_generator
             return (torch.randint(self.n_subsets, (b,), generator=g), torch.randint(self.n_permutations, (b,), generator=g))
         return (torch.tensor(secure_randbelow(self.n_subsets, b), dtype=torch.long),

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from facepriv.models.layers import (
     FEATURE_NORM_KINDS,
-    check_backbone_input,
+    BackboneConfigMixin,
     check_norm,
     default_feature_norm,
     feature_norm,
@@ -106,7 +106,7 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNet(nn.Module):
+class IResNet(BackboneConfigMixin, nn.Module):
     """IResNet feature extractor: ``B x in_channels x S x S`` -> ``B x embedding_size``.
 
     Returns the raw (un-normalised) embedding, as insightface does; the margin heads and
@@ -192,13 +192,8 @@ class IResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """Resolved config; ``build_backbone(model.config)`` rebuilds this architecture."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
-
     def forward(self, x: Tensor) -> Tensor:
-        check_backbone_input(x, self._config["in_channels"], self._config["input_size"], self._config["name"])
+        self.check_input(x)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.dropout(self.bn2(x))

@@ -8,6 +8,8 @@ these helpers makes "no BatchNorm anywhere" a one-flag property of the model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -81,6 +83,32 @@ def scaled(channels: int, width: float) -> int:
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
     return max(1, int(round(channels * width)))
+
+
+class BackboneConfigMixin:
+    """The ``config`` contract every backbone shares, kept in one place.
+
+    A backbone stores its fully resolved constructor arguments in ``self._config`` (a plain
+    attribute, not a buffer: it never enters the state dict, so checkpoints are unchanged)
+    and exposes a copy as ``config``, which ``build_backbone(model.config)`` turns back into
+    the same architecture. Use it before ``nn.Module`` in the bases
+    (``class IResNet(BackboneConfigMixin, nn.Module)``).
+    """
+
+    _config: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Resolved config; ``build_backbone(model.config)`` rebuilds this architecture.
+
+        A copy (lists included), so a caller editing it cannot change what the model reports.
+        """
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
+
+    def check_input(self, x: object) -> None:
+        """:func:`check_backbone_input` against this backbone's channels and input size."""
+        cfg = self._config
+        check_backbone_input(x, cfg["in_channels"], cfg["input_size"], cfg["name"])
 
 
 def check_backbone_input(x: object, in_channels: int, input_size: int, name: str) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from facepriv.models.layers import (
     FEATURE_NORM_KINDS,
-    check_backbone_input,
+    BackboneConfigMixin,
     check_norm,
     default_feature_norm,
     feature_norm,
@@ -88,7 +88,7 @@ def _residual_stage(channels: int, blocks: int, hidden: int, **kw: Any) -> nn.Se
     return nn.Sequential(*[DepthWise(channels, channels, hidden, residual=True, **kw) for _ in range(blocks)])
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(BackboneConfigMixin, nn.Module):
     """MobileFaceNet: ``B x in_channels x S x S`` -> raw ``B x embedding_size`` embedding."""
 
     def __init__(
@@ -179,13 +179,8 @@ class MobileFaceNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """Resolved config; ``build_backbone(model.config)`` rebuilds this architecture."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
-
     def forward(self, x: Tensor) -> Tensor:
-        check_backbone_input(x, self._config["in_channels"], self._config["input_size"], self._config["name"])
+        self.check_input(x)
         x = self.conv_sep(self.layers(x))
         x = self.dropout(self.gdc(x)).flatten(1)
         return self.features(self.fc(x))
