@@ -120,11 +120,14 @@ def test_end_to_end_resume_and_report(data_root, tmp_path):
     assert list((out / "teacher").glob("teacher_*.safetensors"))
     md = (docs / "results.md").read_text()
     assert "| pf_pfm | pfm |" in md and "![ROC](results/roc.png)" in md and (docs / "results" / "roc.png").is_file()
-    # re-running does no work again and gives the same table
+    (docs / "results.md").write_text("# Results\n" + md + "Hand-written discussion.\n")
+    # re-running does no work again, gives the same table and keeps the text around it
     before = (out / "timings.json").read_text()
     assert main(argv) == 0
     t_before, t_after = json.loads(before), json.loads((out / "timings.json").read_text())
     assert all(t_after[k] - t_before[k] < 5.0 for k in t_before if k.startswith("train/"))
-    assert (docs / "results.md").read_text().split("## How")[0] == md.split("## How")[0]
+    again = (docs / "results.md").read_text()
+    assert again.startswith("# Results\n") and again.endswith("Hand-written discussion.\n")
+    assert again.split("## How")[0] == "# Results\n" + md.split("## How")[0]
     # the same folder refuses a different config
     assert main(argv + ["--set", "seed=1"]) == 2
