@@ -3,14 +3,15 @@
 Layout: ``arrays`` (what travels, screening, averaging), ``momentum`` (client-side momentum
 buffers: reset or PFM's global momentum), ``strategies`` (robust FedAvg / FedAvgM / PFM),
 ``site`` (a site's data and persistent state), ``client_app`` / ``server_app`` (Flower apps),
-``simulate`` (Ray simulation), ``deploy`` (test certificates), ``cli`` (``facepriv fed``).
+``fv`` (FedFace federated validation of aggregation weights), ``simulate`` (Ray
+simulation: ``from federated.simulate import simulate``; not re-exported, because the name
+would shadow the submodule), ``deploy`` (test certificates), ``cli`` (``facepriv fed``).
 See docs/federated.md.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facepriv.lazy import lazy_exports
 
 # Lazy: `import federated` must not import flwr/Ray (the facepriv CLI imports it to dispatch).
 _EXPORTS = {
@@ -24,12 +25,16 @@ _EXPORTS = {
     "RobustFedAvgM": "federated.strategies",
     "PFM": "federated.strategies",
     "build_strategy": "federated.strategies",
+    "candidate_weights": "federated.fv",
+    "separation_score": "federated.fv",
+    "combine_scores": "federated.fv",
+    "FVRound": "federated.fv",
     "FedSettings": "federated.server_app",
     "run_server": "federated.server_app",
     "make_server_app": "federated.server_app",
     "make_client_app": "federated.client_app",
     "train_round": "federated.client_app",
-    "simulate": "federated.simulate",
+    "validate_round": "federated.client_app",
     "make_test_certificates": "federated.deploy",
     "main": "federated.cli",
 }
@@ -37,8 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'federated' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

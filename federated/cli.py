@@ -63,6 +63,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="Flower client-level DP: noise multiplier (enables fixedclipping_mod; fedavg/fedavgm only)")
     p.add_argument("--client-dp-clip", type=float, default=1.0, help="client-level DP: clipping norm of a site's update")
     p.add_argument("--dp-sgd", action="store_true", help="record-level DP-SGD (Opacus) inside every site")
+    p.add_argument("--fv-candidates", type=int, default=0, metavar="K",
+                   help="FedFace federated validation: each round, K candidate aggregation weightings (sample "
+                        "counts, uniform, Dirichlet draws) are scored by the sites on held-out identities and the "
+                        "best is kept (0: off; not with --client-dp-noise)")
+    p.add_argument("--fv-val-identities", type=int, default=2,
+                   help="identities each site holds out of training to score FV candidates (>= 2)")
+    p.add_argument("--fv-concentration", type=float, default=2.0,
+                   help="Dirichlet concentration of the random FV candidates (larger: closer to sample counts)")
     p.add_argument("--no-resume", action="store_true", help="start from round 1 even if --out has checkpoints")
 
 
@@ -105,7 +113,8 @@ def build_settings(args: argparse.Namespace) -> Any:
         min_train_nodes=args.clients, min_available_nodes=args.clients, min_train_replies=args.min_train_replies,
         round_timeout=args.round_timeout, max_update_norm=args.max_update_norm, server_momentum=args.server_momentum,
         data=data, eval_data=held_out, client_dp_noise=args.client_dp_noise, client_dp_clip=args.client_dp_clip,
-        resume=not args.no_resume, seed=args.seed,
+        fv_candidates=args.fv_candidates, fv_val_identities=args.fv_val_identities,
+        fv_concentration=args.fv_concentration, resume=not args.no_resume, seed=args.seed,
     )
 
 
@@ -149,6 +158,13 @@ def main(argv: list[str] | None = None, prog: str = "facepriv fed") -> int:
     print(json.dumps(history[-1] if history else {}, indent=2, default=str))
     if not done or done[-1]["round"] < args.rounds:
         print(f"simulation stopped after round {done[-1]['round'] if done else 0} of {args.rounds}", file=sys.stderr)
+        return 1
+    if not any((r.get("aggregation") or {}).get("accepted") for r in done):
+        # every round completed but kept the initial model: no site ever trained (a silent failure otherwise)
+        reasons = [v for r in done for v in {**(r.get("aggregation") or {}).get("failed", {}),
+                                             **(r.get("aggregation") or {}).get("rejected", {})}.values()]
+        print("no site update was accepted in any round; the global model never changed. First reason: "
+              f"{str(reasons[0])[-500:] if reasons else 'unknown'}", file=sys.stderr)
         return 1
     print(f"wrote {args.out / 'metrics.json'}, {args.out / 'verification.png'}, {args.out / 'global.pt'}")
     return 0

@@ -8,6 +8,11 @@ One train message = one round at this site::
     / RNG / accountant from Context.state -> install momentum (PFM: global; else reset)
     -> ``local-steps`` trainer steps -> reply with shared arrays + metrics
 
+With federated validation on, a ``query.fv`` message carries K candidate global models;
+``validate_round`` embeds this site's held-out validation identities with each and replies
+K scalar scores (``federated.fv.separation_score``) and the number of images: no image,
+embedding or array leaves the site.
+
 The head (``Trainer.head``) is never put into a reply; it lives in ``Context.state`` (and
 ``state-dir`` on disk). There is no second training loop: every step is
 ``Trainer.train_step``, so DP-SGD (Opacus), AMP, clipping and non-finite-step handling are
@@ -28,7 +33,9 @@ from flwr.clientapp import ClientApp
 
 from .arrays import load_shared_state, shared_keys, shared_state
 from .momentum import group_lrs, install_momentum, shared_parameters
-from .site import HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, state_file, unpack
+from .fv import CANDIDATE_PREFIX, EXAMPLES_KEY, FV_ACTION, FV_VAL_KEY, SCORES_KEY, separation_score
+from .site import (HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, site_validation_images,
+                   state_file, unpack)
 from .strategies import LR_SUM_PREFIX, MOMENTUM_KEY, numpy_to_record, record_to_numpy
 
 log = logging.getLogger(__name__)
@@ -39,8 +46,9 @@ def _config(msg: Message) -> dict[str, Any]:
 
 
 def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], context: Context,
-                       arrays: dict[str, Any]) -> tuple[Any, int]:
-    """A Trainer on this site's data whose recognizer holds the received global arrays."""
+                       arrays: dict[str, Any], *, val_identities: int = 0) -> tuple[Any, int]:
+    """A Trainer on this site's data whose recognizer holds the received global arrays
+    (``val_identities``: identities held out for federated validation, never trained on)."""
     from facepriv.frontends import build_frontend
     from training.components import build_recognizer
     from training.config import config_from_dict
@@ -49,7 +57,7 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     from training.trainer import Trainer
 
     cfg = config_from_dict(cfg_dict)
-    dataset, site = site_dataset(data_spec, context.node_config, cfg.data.image_size)
+    dataset, site = site_dataset(data_spec, context.node_config, cfg.data.image_size, val_identities=val_identities)
     cfg.seed = derive_seed("site", cfg.seed, site) % (2**31)  # own data order / noise per site
     cfg.checkpoint.every_steps = 0
     cfg.logging.progress = False
@@ -106,7 +114,8 @@ def train_round(msg: Message, context: Context) -> RecordDict:
     strategy = str(conf.get("strategy", "fedavg"))
     arrays = record_to_numpy(msg.content["arrays"])
     t0 = time.perf_counter()
-    trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays)
+    trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays,
+                                       val_identities=int(conf.get(FV_VAL_KEY, 0)))
     try:
         _restore(trainer, context)
         params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
@@ -151,7 +160,7 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
     if cfg_dict is None:
         raise ValueError("evaluate message carries no train-config")
     trainer, site = build_site_trainer(cfg_dict, json.loads(str(conf.get("data", "{}"))), context,
-                                       record_to_numpy(msg.content["arrays"]))
+                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)))
     try:
         _restore(trainer, context)
         batches = int(conf.get("eval-batches", 2))
@@ -173,6 +182,47 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
         trainer.close()
 
 
+def validate_round(msg: Message, context: Context) -> RecordDict:
+    """Federated validation at this site: score each candidate global model in ``msg`` on
+    this site's validation identities; reply K scalar scores + the image count only.
+
+    The candidates share the frontend built from the run's config (as in training) and are
+    embedded in eval mode, exactly as a deployed model would embed enrolled faces. The
+    global torch RNG is forked and seeded per (run seed, site, round), so scoring neither
+    disturbs nor depends on the site's training randomness.
+    """
+    from facepriv.frontends import build_frontend
+    from training.batches import images_to_float
+    from training.components import build_recognizer
+    from training.config import config_from_dict
+    from training.rng import derive_seed
+
+    conf = _config(msg)
+    if "train-config" not in conf:
+        raise ValueError("federated-validation message carries no train-config")
+    k = int(conf.get("fv-candidates", 0))
+    missing = [j for j in range(k) if f"{CANDIDATE_PREFIX}{j}" not in msg.content]
+    if k < 1 or missing:
+        raise ValueError(f"federated-validation message: fv-candidates={k}, missing candidate records {missing[:5]}")
+    cfg = config_from_dict(json.loads(str(conf["train-config"])))
+    val_ids = int(conf.get(FV_VAL_KEY, 0))
+    images, labels, site = site_validation_images(json.loads(str(conf.get("data", "{}"))), context.node_config,
+                                                  cfg.data.image_size, val_ids)
+    device = torch.device(cfg.device if cfg.device != "auto" else "cpu")
+    seed = derive_seed("fv", cfg.seed, site, int(conf.get("server-round", 0))) % (2**31)
+    scores: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_recognizer(cfg, build_frontend(dict(cfg.frontend))).to(device)
+        x = images_to_float(images.to(device))
+        y = labels.to(device)
+        for j in range(k):
+            load_shared_state(model, record_to_numpy(msg.content[f"{CANDIDATE_PREFIX}{j}"]))
+            torch.manual_seed(seed)  # same global-RNG randomness for every candidate
+            scores.append(separation_score(model.embed(x, batch_size=max(1, int(cfg.data.batch_size))), y))
+    return RecordDict({"metrics": MetricRecord({SCORES_KEY: scores, EXAMPLES_KEY: int(labels.numel()), "site": site})})
+
+
 def make_client_app(*, client_dp: bool = False) -> ClientApp:
     """The ClientApp; ``client_dp`` adds Flower's ``fixedclipping_mod`` to train messages
     (pair it with the server's ``DifferentialPrivacyClientSideFixedClipping``)."""
@@ -190,6 +240,10 @@ def make_client_app(*, client_dp: bool = False) -> ClientApp:
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return Message(evaluate_round(msg, context), reply_to=msg)
+
+    @app.query(FV_ACTION)
+    def _validate(msg: Message, context: Context) -> Message:
+        return Message(validate_round(msg, context), reply_to=msg)
 
     return app
 

@@ -69,8 +69,10 @@ def make_test_certificates(out: str | os.PathLike[str], *, nodes: int = 2, hosts
     }
     for i in range(1, nodes + 1):
         key = ec.generate_private_key(ec.SECP384R1())
+        # OpenSSH format for both halves: flower-supernode 1.41 reads the private key with
+        # ``load_ssh_private_key`` (a PKCS8 PEM key is refused with exit code 302).
         paths[f"node{i}_key"] = _write(out / f"supernode{i}.key",
-                                       key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), private=True)
+                                       key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, nopass), private=True)
         paths[f"node{i}_pub"] = _write(out / f"supernode{i}.pub", key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
     return paths

@@ -32,6 +32,7 @@ from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from .arrays import load_shared_state, shared_keys, shared_state, state_to_numpy
+from .fv import FV_VAL_KEY
 from .site import pack, unpack
 from .strategies import build_strategy, numpy_to_record, record_to_numpy
 
@@ -67,6 +68,12 @@ class FedSettings:
     #: clipping norm of each site's whole update.
     client_dp_noise: float | None = None
     client_dp_clip: float = 1.0
+    #: FedFace federated validation: candidate aggregation weightings per round (0: off).
+    fv_candidates: int = 0
+    #: identities every site holds out of training to score the candidates (FV only).
+    fv_val_identities: int = 2
+    #: spread of the Dirichlet candidates around the sample-count weights (larger: closer).
+    fv_concentration: float = 2.0
     resume: bool = True
     seed: int = 0
 
@@ -221,8 +228,17 @@ def make_strategy(settings: FedSettings, model: torch.nn.Module) -> Any:
         min_train_nodes=settings.min_train_nodes, min_available_nodes=settings.min_available_nodes,
         min_train_replies=settings.min_train_replies, max_update_norm=settings.max_update_norm,
         server_momentum=settings.server_momentum, server_learning_rate=settings.server_learning_rate,
+        fv_candidates=settings.fv_candidates, fv_concentration=settings.fv_concentration, fv_seed=settings.seed,
+        fv_timeout=settings.round_timeout,
     )
+    if settings.fv_candidates > 0 and settings.fv_val_identities < 2:
+        raise ValueError(f"federated validation needs fv_val_identities >= 2 per site (genuine and impostor pairs), "
+                         f"got {settings.fv_val_identities}")
     if settings.client_dp_noise is not None:
+        if settings.fv_candidates > 0:
+            raise ValueError("client-level DP and federated validation do not compose: the DP wrapper noises the one "
+                             "aggregate of aggregate_train, and a data-dependent choice among K weightings is not "
+                             "covered by its accounting. Use one or the other.")
         if settings.strategy == "pfm":
             raise ValueError("client-level DP (fixedclipping_mod) needs exactly one ArrayRecord per message; "
                              "PFM also sends the global momentum. Use fedavg/fedavgm with client DP.")
@@ -259,7 +275,8 @@ def run_server(grid: Grid, settings: FedSettings) -> list[dict[str, Any]]:
         history.append({"round": 0, "verification": verifier(model)["flat"]})
 
     base_config = {"train-config": json.dumps(cfg_dict), "data": json.dumps(settings.data),
-                   "local-steps": int(settings.local_steps)}
+                   "local-steps": int(settings.local_steps),
+                   FV_VAL_KEY: int(settings.fv_val_identities) if settings.fv_candidates > 0 else 0}
     for rnd in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
         arrays = numpy_to_record(state_to_numpy(shared_state(model)))
@@ -291,9 +308,10 @@ def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSetting
         for k, v in (row.get("verification") or {}).items():
             if k.startswith("tpr@") or k == "auc":
                 series.setdefault(k, {})[int(row["round"])] = float(v)
-        loss = (row.get("train") or {}).get("train-loss")
-        if loss is not None:
-            series.setdefault("train-loss", {})[int(row["round"])] = float(loss)
+        for key in ("train-loss", "fv-score"):
+            value = (row.get("train") or {}).get(key)
+            if value is not None:
+                series.setdefault(key, {})[int(row["round"])] = float(value)
     if series:
         from eval.plots import plot_metric_curves
 
@@ -326,7 +344,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> FedSettings:
 
         data["train_config"] = config_to_dict(load_config(str(run_config["train-config-yaml"])))
     for key in ("strategy", "rounds", "local-steps", "min-train-nodes", "min-available-nodes", "min-train-replies",
-                "round-timeout", "out", "max-update-norm", "server-momentum"):
+                "round-timeout", "out", "max-update-norm", "server-momentum", "fv-candidates", "fv-val-identities"):
         if run_config.get(key) not in (None, "", 0, 0.0):
             data[key.replace("-", "_")] = run_config[key]
     if "train_config" not in data:

@@ -20,6 +20,13 @@ PFM (Bai et al., FedFace, 2021) equations are in docs/federated.md; in short, wi
 
 With one local step and full participation on IID data this *is* centralised momentum SGD
 on the union batch (tested in tests/federated/test_fed_pfm.py).
+
+Every strategy optionally runs FedFace's *federated validation* (``fv_candidates=K > 0``,
+``federated.fv``): K candidate weightings of the accepted updates are turned into K candidate
+global models with the strategy's own (pure) ``server_step``, the contributing sites score
+them on private validation identities in a ``query.fv`` message exchange, and the best
+candidate is kept; only then is the strategy state (FedAvgM velocity, PFM momentum) of that
+candidate committed (``commit_state``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from .arrays import FRONTEND_PREFIX, is_float_array, screen_update, weighted_average
+from .fv import CANDIDATE_PREFIX, FV_MESSAGE_TYPE, FVRound, candidate_weights, combine_scores, parse_scores
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,13 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """``arrays`` as C-contiguous Flower Arrays, 0-d arrays kept 0-d.
+
+    ``np.ascontiguousarray`` would turn a 0-d array (``input_norm.calibrated``, BatchNorm's
+    ``num_batches_tracked``) into shape ``(1,)``, and the site's ``load_shared_state`` then
+    (rightly) refuses the shape change.
+    """
+    return ArrayRecord(array_dict={k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 @dataclass
@@ -67,12 +81,17 @@ class RoundReport:
     failed: dict[int, str] = field(default_factory=dict)
     update_norms: dict[int, float] = field(default_factory=dict)
     kept_previous_model: bool = False
+    #: federated validation of this round (None when FV is off or the round kept the model).
+    fv: FVRound | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "accepted": self.accepted, "rejected": {str(k): v for k, v in self.rejected.items()},
-                "failed": {str(k): v for k, v in self.failed.items()},
-                "update_norms": {str(k): v for k, v in self.update_norms.items()},
-                "kept_previous_model": self.kept_previous_model}
+        out = {"round": self.round, "accepted": self.accepted, "rejected": {str(k): v for k, v in self.rejected.items()},
+               "failed": {str(k): v for k, v in self.failed.items()},
+               "update_norms": {str(k): v for k, v in self.update_norms.items()},
+               "kept_previous_model": self.kept_previous_model}
+        if self.fv is not None:
+            out["fv"] = self.fv.as_dict()
+        return out
 
 
 class RobustFedAvg(FedAvg):
@@ -83,20 +102,35 @@ class RobustFedAvg(FedAvg):
         max_update_norm: reject updates whose L2 distance to the sent model exceeds this
             (None: only NaN/inf and ``max_abs_value`` are checked).
         max_abs_value: reject any update with a float entry above this in magnitude.
+        fv_candidates: federated validation with this many candidate weightings (0: off;
+            1: only the sample-count weights, i.e. FedAvg plus a validation score).
+        fv_concentration: spread of the Dirichlet candidates (``federated.fv.candidate_weights``).
+        fv_seed: seed of the candidate draws (combined with the round number).
+        fv_timeout: seconds to wait for FV replies (None: Flower's default, wait for all).
     """
 
     name = "fedavg"
 
     def __init__(self, *, min_train_replies: int = 1, max_update_norm: float | None = None,
-                 max_abs_value: float = 1e6, **kwargs: Any) -> None:
+                 max_abs_value: float = 1e6, fv_candidates: int = 0, fv_concentration: float = 2.0, fv_seed: int = 0,
+                 fv_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if min_train_replies < 1:
             raise ValueError("min_train_replies must be >= 1")
+        if fv_candidates < 0:
+            raise ValueError(f"fv_candidates must be >= 0 (0 = off), got {fv_candidates}")
         self.min_train_replies = int(min_train_replies)
         self.max_update_norm = max_update_norm
         self.max_abs_value = float(max_abs_value)
+        self.fv_candidates = int(fv_candidates)
+        self.fv_concentration = float(fv_concentration)
+        self.fv_seed = int(fv_seed)
+        self.fv_timeout = fv_timeout
         self.sent: dict[str, np.ndarray] | None = None
         self.reports: list[RoundReport] = []
+        # the round's Grid and train config, kept by configure_train for the FV exchange
+        self._grid: Grid | None = None
+        self._round_config: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ configure
 
@@ -108,6 +142,8 @@ class RobustFedAvg(FedAvg):
         self.sent = record_to_numpy(arrays)
         config["strategy"] = self.name
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._grid = grid
+        self._round_config = dict(config)
         extra = self.extra_train_records(server_round)
         if extra:
             for msg in messages:
@@ -117,10 +153,15 @@ class RobustFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ aggregate
 
-    def server_update(self, server_round: int, old: Mapping[str, np.ndarray], averaged: dict[str, np.ndarray],
-                      metrics: list[Mapping[str, Any]], weights: Sequence[float]) -> dict[str, np.ndarray]:
-        """Map (previous global, weighted average of accepted updates) to the new global model."""
-        return averaged
+    def server_step(self, server_round: int, old: Mapping[str, np.ndarray], averaged: dict[str, np.ndarray],
+                    metrics: list[Mapping[str, Any]], weights: Sequence[float]) -> tuple[dict[str, np.ndarray], Any]:
+        """Map (previous global, ``weights``-average of accepted updates) to the new global model
+        and the strategy state it implies. Pure (nothing is stored): FV calls it once per
+        candidate and commits the state of the kept one with ``commit_state``."""
+        return averaged, None
+
+    def commit_state(self, state: Any) -> None:
+        """Adopt the state ``server_step`` returned for the model that became global."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report = RoundReport(round=server_round)
@@ -166,9 +207,17 @@ class RobustFedAvg(FedAvg):
             log.warning("round %d: %d valid updates < min_train_replies=%d; keeping the previous global model",
                         server_round, len(accepted), self.min_train_replies)
             return None, summary
-        averaged = weighted_average(accepted, weights)
-        old = self.sent if self.sent is not None else averaged
-        new = self.server_update(server_round, old, averaged, metric_list, weights)
+        old = self.sent if self.sent is not None else weighted_average(accepted, weights)
+        if self.fv_candidates > 0:
+            new, state, fv = self.federated_validation(server_round, old, accepted, weights, metric_list, report.accepted)
+            report.fv = fv
+            summary["fv-chosen"] = fv.chosen
+            summary["fv-sites"] = len(fv.scores)
+            if fv.aggregate is not None:
+                summary["fv-score"] = fv.aggregate[fv.chosen]
+        else:
+            new, state = self.server_step(server_round, old, weighted_average(accepted, weights), metric_list, weights)
+        self.commit_state(state)
         try:
             agg = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
             for k, v in agg.items():
@@ -176,6 +225,79 @@ class RobustFedAvg(FedAvg):
         except Exception as exc:  # noqa: BLE001 - metrics are informational
             log.warning("round %d: could not aggregate client metrics: %s", server_round, exc)
         return numpy_to_record(new), summary
+
+    # ------------------------------------------------------------------ federated validation
+
+    def federated_validation(self, server_round: int, old: Mapping[str, np.ndarray], accepted: list[dict[str, np.ndarray]],
+                             weights: Sequence[float], metrics: list[Mapping[str, Any]],
+                             nodes: list[int]) -> tuple[dict[str, np.ndarray], Any, FVRound]:
+        """Build the candidate global models, let the contributing sites score them, keep the best.
+
+        Returns ``(new global arrays, strategy state to commit, FVRound)``. Never raises for
+        site problems: failed, late, NaN or malformed FV replies are ignored (and recorded);
+        with no usable reply the sample-count candidate (plain FedAvg) is kept and logged.
+        Candidate 0 is computed from the raw sample weights exactly as without FV, so K=1
+        reproduces the strategy bit for bit.
+        """
+        q = candidate_weights(weights, self.fv_candidates, seed=(self.fv_seed, server_round),
+                              concentration=self.fv_concentration)
+        proposals: list[tuple[dict[str, np.ndarray], Any]] = []
+        for j, row in enumerate(q):
+            wj: Sequence[float] = weights if j == 0 else [float(x) for x in row]
+            proposals.append(self.server_step(server_round, old, weighted_average(accepted, wj), metrics, wj))
+        fv = FVRound(candidates=[[float(x) for x in row] for row in q], nodes=list(nodes))
+        k = len(proposals)
+        pending = set(nodes)
+        try:
+            replies = self._exchange_fv(server_round, [p[0] for p in proposals], nodes)
+        except Exception as exc:  # noqa: BLE001 - the exchange failing must not kill the round
+            log.warning("round %d: federated validation exchange failed: %s", server_round, exc)
+            replies = []
+            for n in nodes:
+                fv.ignored[n] = f"exchange failed: {exc}"
+            pending.clear()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if node not in pending:
+                log.warning("round %d: unexpected or duplicate FV reply from node %d ignored", server_round, node)
+                continue
+            pending.discard(node)
+            if msg.has_error():
+                fv.ignored[node] = f"error: {msg.error.reason}"
+                log.warning("round %d: node %d failed federated validation: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                scores, n_val = parse_scores(dict(msg.content.metric_records.get("metrics", MetricRecord())), k)
+            except Exception as exc:  # noqa: BLE001 - a bad reply is ignored, never fatal
+                fv.ignored[node] = str(exc)
+                log.warning("round %d: FV reply of node %d ignored: %s", server_round, node, exc)
+                continue
+            fv.scores[node] = scores
+            fv.val_examples[node] = n_val
+        for node in pending:
+            fv.ignored[node] = "no FV reply within the timeout"
+        result = combine_scores(fv.scores, fv.val_examples, k)
+        if result is None:
+            fv.fallback = True
+            fv.chosen = 0
+            log.warning("round %d: no usable federated-validation reply (%d sites asked); keeping the sample-count "
+                        "weighting", server_round, len(nodes))
+        else:
+            fv.aggregate, fv.chosen = result
+            log.info("round %d: FV chose candidate %d of %d (scores %s, weights %s)", server_round, fv.chosen, k,
+                     np.round(fv.aggregate, 4).tolist(), np.round(q[fv.chosen], 3).tolist())
+        new, state = proposals[fv.chosen]
+        return new, state, fv
+
+    def _exchange_fv(self, server_round: int, candidates: list[dict[str, np.ndarray]], nodes: list[int]) -> list[Message]:
+        """One ``query.fv`` message per contributing site carrying all K candidate models."""
+        if self._grid is None:
+            raise RuntimeError("federated validation needs the Grid given to configure_train")
+        config = ConfigRecord({**self._round_config, "server-round": server_round, "fv-candidates": len(candidates)})
+        content = RecordDict({f"{CANDIDATE_PREFIX}{j}": numpy_to_record(c) for j, c in enumerate(candidates)})
+        content[self.configrecord_key] = config
+        messages = [Message(content=content, message_type=FV_MESSAGE_TYPE, dst_node_id=int(n)) for n in nodes]
+        return list(self._grid.send_and_receive(messages, timeout=self.fv_timeout))
 
 
 class RobustFedAvgM(RobustFedAvg):
@@ -194,9 +316,9 @@ class RobustFedAvgM(RobustFedAvg):
         self.server_learning_rate = float(server_learning_rate)
         self.velocity: dict[str, np.ndarray] | None = None
 
-    def server_update(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
+    def server_step(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
         new: dict[str, np.ndarray] = {}
-        velocity = self.velocity or {}
+        velocity = dict(self.velocity or {})  # a copy: FV evaluates several candidates
         for k, avg in averaged.items():
             if not is_float_array(avg):
                 new[k] = avg
@@ -205,8 +327,10 @@ class RobustFedAvgM(RobustFedAvg):
             v = self.server_momentum * velocity[k] + pseudo if k in velocity else pseudo
             velocity[k] = v
             new[k] = (np.asarray(old[k], np.float64) - self.server_learning_rate * v).astype(avg.dtype)
-        self.velocity = velocity
-        return new
+        return new, velocity
+
+    def commit_state(self, state: Any) -> None:
+        self.velocity = state
 
     def state_dict(self) -> dict[str, Any]:
         return {"velocity": self.velocity}
@@ -238,7 +362,7 @@ class PFM(RobustFedAvg):
             return {}
         return {MOMENTUM_KEY: numpy_to_record(self.momentum)}
 
-    def server_update(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
+    def server_step(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
         w = np.asarray(weights, np.float64) / float(np.sum(weights))
         lr_sum: dict[str, float] = {}
         for group in ("backbone", "frontend"):
@@ -254,8 +378,10 @@ class PFM(RobustFedAvg):
                 raise ValueError(f"PFM: clients did not report a positive {LR_SUM_PREFIX}{param_group_of(k)} "
                                  "(needed to turn the round update back into a momentum)")
             momentum[k] = ((np.asarray(old[k], np.float64) - averaged[k].astype(np.float64)) / L).astype(averaged[k].dtype)
-        self.momentum = momentum
-        return averaged
+        return averaged, momentum
+
+    def commit_state(self, state: Any) -> None:
+        self.momentum = state
 
     def state_dict(self) -> dict[str, Any]:
         return {"momentum": self.momentum}

@@ -28,6 +28,7 @@ _EXPORTS = {
     "DistillTargets": "training.distill",
     "compute_teacher_embeddings": "training.distill",
     "load_checkpoint_teacher": "training.distill",
+    "resolve_teacher": "training.distill",
     "VerificationRunner": "training.verification",
 }
 

@@ -147,6 +147,12 @@ def train_federated(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out
     if rounds_done < fed.rounds or not (run_dir / "global.pt").is_file():
         raise RuntimeError(f"{spec.name}: federated run stopped after round {rounds_done} of {fed.rounds}; "
                            f"re-run the experiment to resume it (see {run_dir})")
+    short = {int(r["round"]): r.get("aggregation") or {} for r in history if int(r.get("round", 0)) >= 1}
+    short = {k: a for k, a in short.items() if len(a.get("accepted") or []) < fed.clients}
+    if short:  # a site that failed would silently give this row less compute than the central rows
+        rnd, agg = next(iter(short.items()))
+        raise RuntimeError(f"{spec.name}: round {rnd} accepted {len(agg.get('accepted') or [])} of {fed.clients} site "
+                           f"updates (failed: {agg.get('failed')}, rejected: {agg.get('rejected')}); see {run_dir}")
     shutil.copyfile(run_dir / "global.pt", run_dir / "model.pt")  # the final global model, under the common name
     batch = int(tc["data"].get("batch_size", 128))
     done = {"mode": spec.mode, "clients": fed.clients, "rounds": fed.rounds, "local_steps": local_steps,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -23,13 +24,26 @@ def task_identity() -> Iterator[None]:
 
 
 class FakeGrid:
-    """Just enough Grid for ``configure_train``: a fixed set of connected nodes."""
+    """Just enough Grid for ``configure_train`` (a fixed set of connected nodes) and, with a
+    ``responder``, for the strategies' own message exchanges (federated validation):
+    ``send_and_receive`` answers each message with ``responder(message)`` (``None``: the
+    node never replies) and keeps what was sent in ``sent``."""
 
-    def __init__(self, node_ids: list[int]) -> None:
+    def __init__(self, node_ids: list[int], responder: Callable[[Any], Any] | None = None) -> None:
         self.node_ids = list(node_ids)
+        self.responder = responder
+        self.sent: list[Any] = []
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        if self.responder is None:
+            raise RuntimeError("FakeGrid without a responder cannot exchange messages")
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = [self.responder(m) for m in messages]
+        return [r for r in replies if r is not None]
 
 
 @pytest.fixture

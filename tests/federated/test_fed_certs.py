@@ -23,7 +23,7 @@ def test_certificates_chain_and_sans(tmp_path):
     assert "link.example.org" in san.get_values_for_type(x509.DNSName)
     assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
     for i in (1, 2):
-        key = serialization.load_pem_private_key(paths[f"node{i}_key"].read_bytes(), password=None)
+        key = serialization.load_ssh_private_key(paths[f"node{i}_key"].read_bytes(), password=None)  # what flwr reads
         pub = serialization.load_ssh_public_key(paths[f"node{i}_pub"].read_bytes())
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         assert key.public_key().public_numbers() == pub.public_numbers()

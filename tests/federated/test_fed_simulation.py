@@ -1,4 +1,5 @@
-"""Flower simulation (Ray) end to end through the CLI: 3 sites, 2 rounds, then a resume."""
+"""Flower simulation (Ray) end to end through the CLI: 3 sites, PFM with federated validation
+(K=3 candidates scored by the sites in ``query.fv`` messages), 2 rounds, then a resume."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--clients", "3", "--strategy", "pfm", "--local-steps", "2", "--image-size", "32", "--ids-per-client", "3",
-        "--images-per-identity", "3", "--eval-identities", "8", "--batch-size", "6", "--width", "0.0625",
+ARGS = ["--clients", "3", "--strategy", "pfm", "--local-steps", "2", "--image-size", "32", "--ids-per-client", "4",
+        "--images-per-identity", "3", "--fv-candidates", "3", "--fv-val-identities", "2", "--eval-identities", "8", "--batch-size", "6", "--width", "0.0625",
         "--num-cpus", "2", "--cpus-per-client", "0.5"]
 
 
@@ -25,6 +26,12 @@ def test_simulation_runs_checkpoints_and_resumes(tmp_path):
     for r in rounds[1:]:
         assert len(r["aggregation"]["accepted"]) == 3 and not r["aggregation"]["rejected"]
         assert "auc" in r["verification"] and r["train"]["train-loss"] > 0
+        fv = r["aggregation"]["fv"]  # every site scored all 3 candidates on its 2 held-out identities
+        assert len(fv["candidates"]) == 3 and not fv["fallback"] and not fv["ignored"]
+        assert sorted(fv["scores"]) == sorted(str(n) for n in r["aggregation"]["accepted"])
+        assert all(len(v) == 3 for v in fv["scores"].values()) and set(fv["val_examples"].values()) == {2 * 3}
+        assert fv["chosen"] == max(range(3), key=lambda j: fv["aggregate"][j])
+        assert r["train"]["fv-score"] == fv["aggregate"][fv["chosen"]]
     assert (out / "verification.png").stat().st_size > 0
     model = FaceRecognizer.load(out / "global.pt")
     assert model.extra["federated_round"] == 2

@@ -131,3 +131,36 @@ def test_head_never_leaves_the_site(task_identity, tmp_path):
     assert any(not np.array_equal(heads[0][k], heads[1][k]) for k in heads[0])
     # the head's class-centre count is this site's identities (3), not a global label space
     assert any(v.shape[0] == 3 for v in heads[1].values() if v.ndim == 2)
+
+
+def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path):
+    """0-d buffers (``input_norm.calibrated`` of frequency frontends, BatchNorm's
+    ``num_batches_tracked``) must reach the site as 0-d, or ``load_shared_state`` refuses them."""
+    from federated.arrays import load_shared_state, shared_state, state_to_numpy
+    from federated.server_app import FedSettings, build_global_model
+
+    cfg = _tiny_cfg()
+    cfg["frontend"] = {"name": "dct"}
+    model, _ = build_global_model(FedSettings(train_config=cfg, out=str(tmp_path)))
+    sent = state_to_numpy(shared_state(model))
+    scalars = [k for k, v in sent.items() if v.ndim == 0]
+    assert scalars  # the test needs one
+    received = record_to_numpy(numpy_to_record(sent))
+    assert all(received[k].shape == () for k in scalars)
+    load_shared_state(model, received)
+
+
+def test_cli_fails_when_no_site_ever_trained(tmp_path, monkeypatch, capsys):
+    """All rounds completed but every site failed: the run must not report success."""
+    import federated.simulate
+    from federated.cli import main
+
+    failed = {"accepted": [], "rejected": {}, "failed": {"7": "ValueError: site data missing"}}
+    history = [{"round": 0}, {"round": 1, "aggregation": failed}, {"round": 2, "aggregation": failed}]
+    monkeypatch.setattr(federated.simulate, "simulate", lambda *a, **k: history)
+    argv = ["simulate", "--out", str(tmp_path / "fed"), "--rounds", "2", "--clients", "2"]
+    assert main(argv) == 1
+    assert "site data missing" in capsys.readouterr().err
+    ok = {"accepted": [7], "rejected": {}, "failed": {}}
+    history[1:] = [{"round": 1, "aggregation": ok}, {"round": 2, "aggregation": failed}]
+    assert main(argv) == 0
