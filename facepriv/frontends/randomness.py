@@ -32,11 +32,29 @@ def laplace(shape: tuple[int, ...], generator: torch.Generator | None, *, dtype:
     available through :func:`secure_uniform` but cost ~40 MB of kernel randomness per DCTDP
     image, too slow to be the default. In-place ops: this runs on millions of elements per image.
     """
-    if generator is None:
-        generator = make_generator(int.from_bytes(os.urandom(8), "little") >> 1, device)
+    generator = generator_on(generator, device)
     w = torch.rand(shape, generator=generator, dtype=dtype, device=generator.device).clamp_(min=_TINY).sub_(0.5)
     sign = torch.sign(w)
     return w.abs_().mul_(-2.0).log1p_().mul_(sign).neg_().to(device)
+
+
+def generator_on(generator: torch.Generator | None, device: torch.device | str) -> torch.Generator:
+    """A generator that draws directly on ``device``.
+
+    Why: DCTDP draws millions of noise values per image; drawing them with a CPU generator
+    and copying to the GPU would make the CPU the bottleneck of GPU training. The frontends
+    keep their checkpointed generators on the CPU (so resume and CPU results are unchanged);
+    for another device type, one 62-bit seed is drawn from that CPU generator and seeds a
+    fresh device generator — deterministic given the checkpointed CPU state, nothing extra to
+    save. ``None`` (deployment): a device generator seeded with 64 bits of OS entropy.
+    """
+    device = torch.device(device)
+    if generator is None:
+        return make_generator(int.from_bytes(os.urandom(8), "little") >> 1, device)
+    if generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return make_generator(seed, device)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

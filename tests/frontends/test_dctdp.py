@@ -118,3 +118,19 @@ def test_external_uniforms_reproduce_noise() -> None:
 def test_bad_configuration(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DCTDP(**kwargs)
+
+
+def test_generator_on_keeps_same_device_generator_and_seeds_fresh_ones():
+    import torch
+
+    from facepriv.frontends.randomness import generator_on, make_generator
+
+    g = make_generator(3)
+    assert generator_on(g, "cpu") is g  # CPU draws are unchanged (checkpointed state advances)
+    a, b = generator_on(None, "cpu"), generator_on(None, "cpu")
+    assert a is not b and not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
+    if torch.cuda.is_available():  # a device generator derived from the CPU state: reproducible
+        s = g.get_state()
+        x = torch.rand(4, generator=generator_on(g, "cuda"), device="cuda")
+        g.set_state(s)
+        assert torch.equal(x, torch.rand(4, generator=generator_on(g, "cuda"), device="cuda"))
