@@ -92,10 +92,61 @@ def test_config_validation():
         config_from_dict({**_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]), "epochz": 3})
 
 
-def test_end_to_end_resume_and_report(data_root, tmp_path):
+class FakeSimulation:
+    """Stands in for the Flower simulation (tested with Ray in tests/federated): records the
+    settings it was given, writes the global model, and reports every site as accepted
+    unless told otherwise. Keeps this test free of Ray's start-up cost."""
+
+    def __init__(self, accept_all: bool = True) -> None:
+        self.accept_all = accept_all
+        self.calls: list = []
+
+    def __call__(self, settings, *, num_clients, num_cpus, cpus_per_client):
+        from federated.server_app import build_global_model
+
+        self.calls.append(settings)
+        model, _ = build_global_model(settings)
+        Path(settings.out).mkdir(parents=True, exist_ok=True)
+        model.save(Path(settings.out) / "global.pt")
+        sites = list(range(num_clients)) if self.accept_all else list(range(num_clients - 1))
+        failed = {} if self.accept_all else {str(num_clients - 1): "RuntimeError: site crashed"}
+        return [{"round": 0}] + [{"round": r, "aggregation": {"accepted": sites, "failed": failed, "rejected": {}}}
+                                 for r in range(1, settings.rounds + 1)]
+
+
+def test_federated_rows_get_the_central_step_budget(data_root, tmp_path, monkeypatch):
+    pytest.importorskip("flwr")
+    import federated.simulate
+    from eval.experiments.lfw_half import train_federated
+
+    fake = FakeSimulation()
+    monkeypatch.setattr(federated.simulate, "simulate", fake)
+    cfg = _tiny_config([{"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}}])
+    cfg["train"]["schedule"] = {"type": "poly", "max_steps": 16, "warmup_steps": 4}
+    cfg["federated"] = {"clients": 2, "rounds": 2}
+    cfg = config_from_dict(cfg)
+    layout = prepare_lfw_half(data_root, tmp_path)
+    done = train_federated(cfg, cfg.models[0], layout, tmp_path)
+    settings = fake.calls[0]
+    assert settings.strategy == "pfm" and settings.local_steps == 4 and done["steps"] == 16  # 2 rounds x 4 x 2 sites
+    assert settings.train_config["schedule"]["max_steps"] == 8  # each site's schedule spans its own 8 steps
+    assert settings.data["num_partitions"] == 2 and settings.data["path"] == layout.train
+    assert (tmp_path / "models" / "pf_pfm" / "model.pt").is_file()
+    # a round in which a site failed would give the row less compute: refused, not reported
+    monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation(accept_all=False))
+    with pytest.raises(RuntimeError, match="accepted 1 of 2 site updates"):
+        train_federated(cfg, config_from_dict({**_tiny_config([{"name": "pf_fedavg", "mode": "fedavg",
+                                                                 "frontend": {"name": "partialface"}}]),
+                                               "federated": {"clients": 2, "rounds": 2}}).models[0], layout, tmp_path)
+
+
+def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     pytest.importorskip("dlib")
     pytest.importorskip("flwr")
+    import federated.simulate
     from eval.experiments.lfw_half import main
+
+    monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation())
 
     models = [{"name": "rgb_distill", "mode": "distill", "frontend": {"name": "rgb"}},
               {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}}]
