@@ -188,6 +188,9 @@ class DistillConfig:
     cosine_weight: float = 1.0
     #: weight of the margin head loss added to the cosine loss (0: pure distillation).
     head_weight: float = 0.0
+    #: subtract the teacher's mean embedding over the training set and re-normalise before
+    #: distilling (identity lives in the deviations; see training.distill.center_embeddings).
+    center: bool = True
     batch_size: int = 64
 
 

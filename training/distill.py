@@ -246,7 +246,28 @@ class DistillTargets:
                 cls.write_cache(cache, emb, tid, keys, khash)
                 log.info("teacher embeddings (%d x %d) cached at %s", n, emb.shape[1], cache)
             barrier()
+        if cfg.distill.center:
+            emb = center_embeddings(emb)
         return cls(emb, tid, khash, cache, device)
+
+
+def center_embeddings(emb: Tensor) -> Tensor:
+    """Subtract the mean teacher embedding (over readable samples) and re-normalise.
+
+    Why: identity lives in how embeddings *differ*. Some recognisers' embeddings share a
+    large common component — the dlib ResNet's mean embedding over LFW-half has norm 0.91
+    and two random faces have cosine 0.83 on average — so a cosine loss against raw targets
+    mostly rewards the student for reproducing that one direction (measured: a PartialFace
+    student at chance level after 1.2 epochs). After centering, random pairs have cosine ~0
+    and the whole loss is about identity. Zero rows (unreadable samples) stay zero.
+    """
+    valid = emb.abs().sum(dim=1) > 0
+    if int(valid.sum()) < 2:
+        return emb
+    out = emb.clone()
+    mean = emb[valid].mean(dim=0, keepdim=True)
+    out[valid] = F.normalize(emb[valid] - mean, dim=1)
+    return out
 
 
 def _gather_rows(idx: Tensor, part: Tensor, n: int, env: DistEnv, device: torch.device) -> Tensor:

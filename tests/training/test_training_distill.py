@@ -86,3 +86,35 @@ def test_teacher_identity_of_a_checkpoint_hashes_its_content(tmp_path: Path) -> 
     a.write_bytes(b"weights-2")
     assert teacher_identity(a) != first and first.startswith("checkpoint:a.pt:sha256=")
     assert DistillTargets.read_cache(tmp_path / "missing.safetensors", "t", "h", 1) is None
+
+
+def test_centering_removes_the_common_teacher_direction() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from training.distill import center_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    common = F.normalize(torch.randn(1, 16, generator=g), dim=1)
+    emb = F.normalize(3.0 * common + 0.5 * torch.randn(200, 16, generator=g), dim=1)  # dlib-like: shared direction
+    emb[7] = 0.0  # an unreadable sample
+    raw_cos = (emb[:100] @ emb[100:].T).mean()
+    out = center_embeddings(emb)
+    assert raw_cos > 0.6 and abs(float((out[:100] @ out[100:].T).mean())) < 0.05
+    assert torch.equal(out[7], torch.zeros(16))
+    ok = torch.ones(200, dtype=torch.bool)
+    ok[7] = False
+    assert torch.allclose(out[ok].norm(dim=1), torch.ones(199), atol=1e-5)
+
+
+def test_dlib_teacher_resolves_from_its_config_string() -> None:
+    import pytest
+    import torch
+
+    pytest.importorskip("dlib")
+    from training.distill import resolve_teacher, teacher_identity
+
+    teacher = resolve_teacher("dlib", torch.device("cpu"))
+    emb = teacher(torch.rand(2, 3, 112, 112))
+    assert emb.shape == (2, 128) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert teacher_identity(teacher).startswith("judge:") and "dlib" in teacher_identity(teacher)
