@@ -23,7 +23,10 @@ def default_train_config(image_size: int, frontend: str, model: str, width: floa
         "name": "federated", "seed": seed, "device": device,
         "data": {"format": "synthetic", "image_size": image_size, "batch_size": batch_size, "num_workers": 0},
         "frontend": {"name": frontend, **({"sample_multiplier": 1} if frontend == "partialface" else {})},
-        "model": {"name": model, "width": width, "embedding_size": 64, "norm": "group", "norm_groups": 2},
+        # BatchNorm: with GroupNorm(2) these small models sat on the ArcFace plateau (held-out AUC
+        # 0.53 after 384 steps vs 0.78 after 256 with BatchNorm, measured on synthetic faces);
+        # --dp-sgd switches to GroupNorm, which Opacus needs.
+        "model": {"name": model, "width": width, "embedding_size": 64},
         "head": {"type": "softmax", "margin": "arcface", "s": 32.0, "m": 0.3},
         "optim": {"lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "amp": "none"},
         "schedule": {"type": "constant", "max_steps": 10**9},
@@ -86,6 +89,8 @@ def build_settings(args: argparse.Namespace) -> Any:
                                                    args.lr, args.seed, args.device), args.set)
     if args.dp_sgd:
         cfg.setdefault("dp", {})["enabled"] = True
+        if args.config is None:  # Opacus: per-sample gradients need GroupNorm, not BatchNorm
+            cfg["model"].update({"norm": "group", "norm_groups": 2})
     size = int(cfg["data"].get("image_size", args.image_size))
     held_out: dict[str, Any] | None = None
     if args.data == "synthetic":
