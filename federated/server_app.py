@@ -133,7 +133,13 @@ class HeldOutVerifier:
 
         model.eval()
         emb = model.embed(self.images) if hasattr(model, "embed") else model(self.images)
-        emb = torch.nn.functional.normalize(emb.float(), dim=1)
+        emb = emb.float()
+        bad = int((~torch.isfinite(emb)).any(dim=1).sum())
+        if bad:  # a diverged global model: say so in the history instead of ending the run
+            msg = f"global model gives non-finite embeddings for {bad} of {len(emb)} held-out faces (diverged)"
+            log.error(msg)
+            return {"flat": {"error": msg}, "report": {"error": msg}}
+        emb = torch.nn.functional.normalize(emb, dim=1)
         iu = torch.triu_indices(len(self.labels), len(self.labels), offset=1)
         scores = (emb[iu[0]] * emb[iu[1]]).sum(1).numpy().astype(np.float64)
         same = (self.labels[iu[0]] == self.labels[iu[1]]).numpy()

@@ -81,6 +81,8 @@ class RoundReport:
     failed: dict[int, str] = field(default_factory=dict)
     update_norms: dict[int, float] = field(default_factory=dict)
     kept_previous_model: bool = False
+    #: why the server step's result was refused (non-finite model), None when it was not.
+    diverged: str | None = None
     #: federated validation of this round (None when FV is off or the round kept the model).
     fv: FVRound | None = None
 
@@ -91,6 +93,8 @@ class RoundReport:
                "kept_previous_model": self.kept_previous_model}
         if self.fv is not None:
             out["fv"] = self.fv.as_dict()
+        if self.diverged is not None:
+            out["diverged"] = self.diverged
         return out
 
 
@@ -217,6 +221,15 @@ class RobustFedAvg(FedAvg):
                 summary["fv-score"] = fv.aggregate[fv.chosen]
         else:
             new, state = self.server_step(server_round, old, weighted_average(accepted, weights), metric_list, weights)
+        bad = [k for k, v in new.items() if is_float_array(v) and not np.all(np.isfinite(v))]
+        if bad:
+            report.kept_previous_model = True
+            report.diverged = f"non-finite aggregate in {len(bad)} arrays (first {bad[0]!r})"
+            log.error("round %d: the %s server step produced a non-finite model (%s); keeping the previous global "
+                      "model and strategy state. Lower the learning rate or the server momentum.",
+                      server_round, self.name, report.diverged)
+            summary["diverged"] = 1
+            return None, summary
         self.commit_state(state)
         try:
             agg = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
@@ -305,22 +318,27 @@ class RobustFedAvgM(RobustFedAvg):
 
         v <- beta * v + (w_r - avg);   w_{r+1} = w_r - server_lr * v
 
-    Integer/bool arrays (counters, flags) bypass the momentum and take the averaged value.
+    Only trainable parameters (``param_keys``) get the momentum. Buffers (BatchNorm running
+    statistics, counters) take the plain average: extrapolating a running variance along
+    its own history drives it negative within a few rounds, and every embedding turns NaN.
+    With ``param_keys`` empty (a caller that cannot tell), every float array gets momentum.
     """
 
     name = "fedavgm"
 
-    def __init__(self, *, server_momentum: float = 0.9, server_learning_rate: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *, server_momentum: float = 0.9, server_learning_rate: float = 1.0,
+                 param_keys: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.server_momentum = float(server_momentum)
         self.server_learning_rate = float(server_learning_rate)
+        self.param_keys = set(param_keys)
         self.velocity: dict[str, np.ndarray] | None = None
 
     def server_step(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
         new: dict[str, np.ndarray] = {}
         velocity = dict(self.velocity or {})  # a copy: FV evaluates several candidates
         for k, avg in averaged.items():
-            if not is_float_array(avg):
+            if not is_float_array(avg) or (self.param_keys and k not in self.param_keys):
                 new[k] = avg
                 continue
             pseudo = np.asarray(old[k], np.float64) - avg.astype(np.float64)
@@ -401,8 +419,8 @@ def build_strategy(name: str, *, param_keys: Sequence[str] = (), **kwargs: Any) 
     if name != "fedavgm":
         kwargs.pop("server_momentum", None)
         kwargs.pop("server_learning_rate", None)
-    if name == "pfm":
-        return PFM(param_keys=param_keys, **kwargs)
+    if name in ("pfm", "fedavgm"):
+        return STRATEGIES[name](param_keys=param_keys, **kwargs)
     return STRATEGIES[name](**kwargs)
 
 

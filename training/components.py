@@ -96,13 +96,19 @@ def dataset_keys(dataset: Dataset) -> list[str]:
 # --------------------------------------------------------------------------- model
 
 
-def wants_input_norm(mode: str, frontend: nn.Module) -> bool:
-    """ChannelStandardize for frequency frontends ("auto"), always, or never."""
-    if mode == "standardize":
-        return True
-    if mode == "none":
-        return False
-    return getattr(frontend, "name", "") != "rgb"
+def input_norm_kind(mode: str, frontend: nn.Module) -> str | None:
+    """Which normalisation sits between frontend and backbone: ``"standardize"`` (fixed
+    per-channel statistics), ``"per_sample"`` or None.
+
+    "auto": none for plain RGB; per-sample for frontends whose channel meaning changes from
+    query to query (PartialFace's secret subsets, ``channels_vary_per_query``), where one
+    fixed scale per channel position would mix frequencies; fixed statistics otherwise.
+    """
+    if mode in ("standardize", "per_sample"):
+        return mode
+    if mode == "none" or getattr(frontend, "name", "") == "rgb":
+        return None
+    return "per_sample" if getattr(frontend, "channels_vary_per_query", False) else "standardize"
 
 
 def backbone_config(cfg: TrainConfig, frontend: Any) -> dict[str, Any]:
@@ -137,12 +143,13 @@ def frontend_config(cfg: TrainConfig) -> dict[str, Any]:
 def build_recognizer(cfg: TrainConfig, frontend: nn.Module | None = None) -> nn.Module:
     """FaceRecognizer(frontend, backbone, input_norm) as described by the config."""
     from facepriv.frontends import build_frontend
-    from facepriv.models import ChannelStandardize, FaceRecognizer, build_backbone
+    from facepriv.models import FaceRecognizer, build_backbone, build_input_norm
 
     if frontend is None:
         frontend = build_frontend(frontend_config(cfg))
     backbone = build_backbone(backbone_config(cfg, frontend))
-    input_norm = ChannelStandardize(frontend.out_channels) if wants_input_norm(cfg.input_norm.mode, frontend) else None
+    kind = input_norm_kind(cfg.input_norm.mode, frontend)
+    input_norm = build_input_norm(None if kind is None else {"kind": kind, "num_channels": int(frontend.out_channels)})
     return FaceRecognizer(frontend, backbone, input_norm, image_size=cfg.data.image_size)
 
 

@@ -77,8 +77,11 @@ class InputNormConfig:
     batches of frontend output puts them on one scale before the stem convolution.
     """
 
-    #: "auto": standardize for every frontend except plain RGB; "standardize"; "none".
-    mode: Literal["auto", "standardize", "none"] = "auto"
+    #: "auto": none for plain RGB, "per_sample" for frontends whose channel meaning changes per
+    #: query (PartialFace), "standardize" for the other frequency frontends; or one of
+    #: "standardize" (fixed statistics calibrated from a few batches), "per_sample" (each
+    #: channel of each sample on its own spatial mean/variance), "none".
+    mode: Literal["auto", "standardize", "per_sample", "none"] = "auto"
     calibration_batches: int = 8
 
 

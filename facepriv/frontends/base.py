@@ -89,6 +89,10 @@ class Frontend(nn.Module, abc.ABC):
     #: to ``None``, their default (the OS-entropy source), so a public config still builds a
     #: working frontend, one whose inference randomness is fresh and secure.
     reseed_keys: ClassVar[tuple[str, ...]] = ("inference_seed",)
+    #: True when output channel ``c`` carries different content from query to query (PartialFace:
+    #: a secret subset and order per query). The model then needs a per-sample input
+    #: normalisation; fixed per-channel statistics would average unrelated frequencies.
+    channels_vary_per_query: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

@@ -56,6 +56,7 @@ class PartialFace(Frontend):
 
     name = "partialface"
     secret_keys = ("secret_seed",)
+    channels_vary_per_query = True
 
     def __init__(
         self,

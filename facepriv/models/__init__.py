@@ -19,7 +19,7 @@ from facepriv.models.heads import (
     build_margin,
     cosine_classifier_grad_sample,
 )
-from facepriv.models.input_norm import ChannelStandardize
+from facepriv.models.input_norm import ChannelStandardize, PerSampleStandardize, build_input_norm
 from facepriv.models.iresnet import IResNet
 from facepriv.models.mobilefacenet import MobileFaceNet
 from facepriv.models.recognizer import FaceRecognizer
@@ -27,6 +27,8 @@ from facepriv.models.recognizer import FaceRecognizer
 __all__ = [
     "ArcFaceLoss",
     "ChannelStandardize",
+    "PerSampleStandardize",
+    "build_input_norm",
     "CheckpointError",
     "CombinedMarginLoss",
     "CosFaceLoss",

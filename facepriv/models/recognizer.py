@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from facepriv.models.backbones import build_backbone
 from facepriv.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from facepriv.models.input_norm import ChannelStandardize
+from facepriv.models.input_norm import ChannelStandardize, build_input_norm
 
 FrontendFactory = Callable[[dict[str, Any]], nn.Module]
 
@@ -44,7 +44,7 @@ class FaceRecognizer(nn.Module):
         self,
         frontend: nn.Module,
         backbone: nn.Module,
-        input_norm: ChannelStandardize | None = None,
+        input_norm: nn.Module | None = None,
         *,
         image_size: int = 112,
     ) -> None:
@@ -101,7 +101,7 @@ class FaceRecognizer(nn.Module):
         ncfg = config.get("input_norm")
         if ncfg is True:
             ncfg = {"num_channels": int(frontend.out_channels)}
-        input_norm = ChannelStandardize(**ncfg) if ncfg else None
+        input_norm = build_input_norm(ncfg)
         return cls(frontend, backbone, input_norm, image_size=int(config.get("image_size", 112)))
 
     # ---- the two halves of the pipeline ---------------------------------------------

@@ -78,6 +78,36 @@ def test_round_without_enough_valid_updates_keeps_the_model(task_identity, fake_
     assert new is None and metrics["clients-rejected"] == 1 and s.reports[-1].kept_previous_model
 
 
+def test_fedavgm_momentum_skips_buffers_so_running_var_stays_positive(task_identity, fake_grid):
+    """Server momentum on a BatchNorm running variance extrapolates it below zero (the NaN
+    seen in the first fed bench). Only ``param_keys`` get momentum; buffers are averaged."""
+    s = RobustFedAvgM(server_momentum=0.9, server_learning_rate=1.0, param_keys=["w"],
+                      min_train_nodes=1, min_available_nodes=1, fraction_evaluate=0.0)
+    grid = fake_grid([1])
+    g = {"w": np.ones((2, 2), np.float32), "bn.running_var": np.full(3, 1.0, np.float32)}
+    for rnd in range(1, 8):  # each round the site shrinks w and the variance by 0.4
+        msgs = list(s.configure_train(rnd, numpy_to_record(g), ConfigRecord(), grid))
+        upd = {"w": g["w"] - 0.4, "bn.running_var": np.full(3, 0.6, np.float32)}
+        new, _ = s.aggregate_train(rnd, [_reply(msgs[0], upd)])
+        g = record_to_numpy(new)
+        np.testing.assert_array_equal(g["bn.running_var"], upd["bn.running_var"])  # plain average
+    # the parameter did get momentum: 7 rounds of 0.4 with beta 0.9 move it much further than 2.8
+    assert float(g["w"][0, 0]) < 1.0 - 0.4 * 7 - 5.0
+
+
+def test_non_finite_server_step_keeps_the_previous_model(task_identity, fake_grid):
+    s = RobustFedAvgM(server_momentum=0.9, server_learning_rate=1e38, min_train_nodes=1, min_available_nodes=1,
+                      fraction_evaluate=0.0)
+    grid = fake_grid([1])
+    g = {"w": np.ones((2, 2), np.float32)}
+    msgs = list(s.configure_train(1, numpy_to_record(g), ConfigRecord(), grid))
+    new, metrics = s.aggregate_train(1, [_reply(msgs[0], {"w": g["w"] - 1e3})])  # 1e38 * 1e3 overflows float32
+    assert new is None and metrics["diverged"] == 1
+    rep = s.reports[-1]
+    assert rep.kept_previous_model and "non-finite" in rep.as_dict()["diverged"]
+    assert s.velocity is None  # the refused step's state was not committed
+
+
 def test_screen_and_average_units():
     ref = {"a": np.zeros(3, np.float32)}
     assert not screen_update({"a": np.zeros(4, np.float32)}, ref).ok  # shape change

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facepriv.models import ChannelStandardize
+from facepriv.models import ChannelStandardize, PerSampleStandardize, build_input_norm
 
 
 def _dct_like(n: int, seed: int) -> torch.Tensor:
@@ -84,3 +84,30 @@ def test_max_batches() -> None:
     a = ChannelStandardize(4).calibrate([first, second], max_batches=1)
     b = ChannelStandardize(4).calibrate([first])
     assert torch.equal(a.mean, b.mean)
+
+
+def test_per_sample_standardize_removes_the_scale_of_each_channel_of_each_sample() -> None:
+    """A channel scaled by 1000 in one sample (a low frequency landing in that channel
+    position for that query) comes out the same as unscaled: the subset cue is gone."""
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    y = x.clone()
+    y[1, 2] = y[1, 2] * 1000 + 7
+    norm = PerSampleStandardize(4, eps=0.0)
+    torch.testing.assert_close(norm(x), norm(y))
+    out = norm(x)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros(3, 4, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.var(dim=(2, 3), unbiased=False), torch.ones(3, 4, dtype=torch.float64))
+    # no sample mixing: a sample's output does not depend on the rest of the batch
+    torch.testing.assert_close(norm(x[:1]), out[:1])
+    assert not list(norm.parameters()) and not list(norm.buffers())
+    with pytest.raises(ValueError, match="expected B x 4"):
+        norm(torch.zeros(2, 5, 3, 3))
+
+
+def test_build_input_norm_from_checkpoint_configs() -> None:
+    assert build_input_norm(None) is None
+    assert isinstance(build_input_norm({"num_channels": 3}), ChannelStandardize)  # configs written before "kind"
+    built = build_input_norm(PerSampleStandardize(27).config)
+    assert isinstance(built, PerSampleStandardize) and built.num_channels == 27
+    with pytest.raises(ValueError, match="unknown input_norm kind"):
+        build_input_norm({"kind": "batchnorm", "num_channels": 3})

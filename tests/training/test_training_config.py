@@ -108,3 +108,21 @@ def test_schedule_shapes() -> None:
     assert f(20) == 0.0 and 0 < f(12) < 1
     s = LRMultiplier("step", 100, 0, milestones=[10, 20], gamma=0.1)
     assert (s(9), s(10), s(25)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+
+
+@pytest.mark.parametrize("frontend, mode, kind", [
+    ({"name": "rgb"}, "auto", None),
+    ({"name": "dct"}, "auto", "ChannelStandardize"),
+    ({"name": "partialface", "secret_seed": 3}, "auto", "PerSampleStandardize"),  # channel meaning varies per query
+    ({"name": "partialface", "secret_seed": 3}, "standardize", "ChannelStandardize"),
+    ({"name": "dct"}, "none", None),
+])
+def test_input_norm_auto_choice_survives_a_checkpoint(tmp_path: Path, tiny_config, frontend, mode, kind) -> None:
+    from facepriv.models import FaceRecognizer
+    from training.components import build_recognizer
+
+    cfg = tiny_config(frontend=frontend, input_norm__mode=mode)
+    model = build_recognizer(cfg)
+    assert (None if model.input_norm is None else type(model.input_norm).__name__) == kind
+    loaded = FaceRecognizer.load(model.save(tmp_path / "m.pt"))
+    assert type(loaded.input_norm) is type(model.input_norm)
