@@ -344,7 +344,8 @@ class RobustFedAvgM(RobustFedAvg):
             pseudo = np.asarray(old[k], np.float64) - avg.astype(np.float64)
             v = self.server_momentum * velocity[k] + pseudo if k in velocity else pseudo
             velocity[k] = v
-            new[k] = (np.asarray(old[k], np.float64) - self.server_learning_rate * v).astype(avg.dtype)
+            with np.errstate(over="ignore"):  # an overflow is caught as a non-finite model by aggregate_train
+                new[k] = (np.asarray(old[k], np.float64) - self.server_learning_rate * v).astype(avg.dtype)
         return new, velocity
 
     def commit_state(self, state: Any) -> None:
