@@ -157,7 +157,7 @@ def _run_subsets(args: argparse.Namespace) -> int:
     vset = load_set(parse_set_spec(name, spec_text, image_ext=args.image_ext))
     model = FaceRecognizer.load(args.checkpoint, map_location=args.device)
     result = subset_invariance(model, vset, max_pairs=args.max_pairs, layouts=args.layouts, seed=args.seed,
-                               device=args.device)
+                               device=args.device, progress=True)
     result = {"checkpoint": args.checkpoint, "set": vset.name, **result}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

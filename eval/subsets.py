@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from eval.metrics import verification_report
 
 
 @torch.no_grad()
-def _embed(model: Any, vset: Any, idx: np.ndarray, subset: torch.Tensor, perm: torch.Tensor,
+def _embed(model: Any, images: torch.Tensor, subset: torch.Tensor, perm: torch.Tensor,
            batch_size: int, device: torch.device) -> torch.Tensor:
+    """L2-normalised embeddings of decoded uint8 ``images`` under the given layouts."""
     out = []
-    for start in range(0, len(idx), batch_size):
-        rows = idx[start:start + batch_size]
-        imgs = np.stack([vset.load_image(int(i)) for i in rows])
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 255.0
-        sl = slice(start, start + len(rows))
+    for start in range(0, len(images), batch_size):
+        sl = slice(start, start + batch_size)
+        x = images[sl].to(device=device, dtype=torch.float32) / 255.0
         protected = model.frontend(x, subset=subset[sl].to(device), permutation=perm[sl].to(device))
         out.append(F.normalize(model.embed_protected(protected).float(), dim=1).cpu())
     return torch.cat(out)
@@ -46,7 +46,8 @@ def _pair_stats(emb: torch.Tensor, a: np.ndarray, b: np.ndarray, same: np.ndarra
 
 
 def subset_invariance(model: Any, vset: Any, *, max_pairs: int | None = 600, layouts: int | None = None,
-                      seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu") -> dict[str, Any]:
+                      seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu",
+                      progress: bool = False) -> dict[str, Any]:
     """Scores of ``vset``'s pairs under random vs fixed PartialFace layouts (see module doc).
 
     ``max_pairs``: a random sample of pairs (None: all). ``layouts``: how many fixed
@@ -65,22 +66,25 @@ def subset_invariance(model: Any, vset: Any, *, max_pairs: int | None = 600, lay
     pairs, same = vset.pairs[pick], vset.issame[pick].astype(bool)
     if same.all() or not same.any():
         raise ValueError("the sampled pairs need both genuine and impostor pairs; raise max_pairs")
-    images, inverse = np.unique(pairs.reshape(-1), return_inverse=True)
+    image_ids, inverse = np.unique(pairs.reshape(-1), return_inverse=True)
     a, b = inverse.reshape(-1, 2).T
-    n = len(images)
+    n = len(image_ids)
+    # decoded once (uint8), then protected under every layout
+    images = torch.cat([x for _, x in vset.iter_batches(batch_size, image_ids, progress=progress, dtype="uint8")])
     g = torch.Generator().manual_seed(seed)
     rand_subset = torch.randint(frontend.n_subsets, (n,), generator=g)
     rand_perm = torch.randint(frontend.n_permutations, (n,), generator=g)
     result: dict[str, Any] = {"pairs": int(len(pick)), "genuine": int(same.sum()), "images": int(n), "seed": seed}
-    emb = _embed(model, vset, images, rand_subset, rand_perm, batch_size, device)
+    emb = _embed(model, images, rand_subset, rand_perm, batch_size, device)
     result["random"] = _pair_stats(emb, a, b, same)
     cross = (rand_subset[a] != rand_subset[b]).numpy()
     if cross.any() and (same & cross).any() and (~same & cross).any():
         result["random_cross_subset_pairs"] = _pair_stats(emb, a[cross], b[cross], same[cross])
     grid = [(s, p) for p in range(frontend.n_permutations) for s in range(frontend.n_subsets)]
     fixed = []
-    for s, p in grid[: layouts if layouts is not None else len(grid)]:
-        e = _embed(model, vset, images, torch.full((n,), s), torch.full((n,), p), batch_size, device)
+    for s, p in tqdm(grid[: layouts if layouts is not None else len(grid)], desc="fixed layouts", unit="layout",
+                     disable=not progress):
+        e = _embed(model, images, torch.full((n,), s), torch.full((n,), p), batch_size, device)
         fixed.append({"subset": s, "permutation": p, **_pair_stats(e, a, b, same)})
     result["fixed"] = fixed
     if fixed:

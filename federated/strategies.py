@@ -111,13 +111,16 @@ class RobustFedAvg(FedAvg):
         fv_concentration: spread of the Dirichlet candidates (``federated.fv.candidate_weights``).
         fv_seed: seed of the candidate draws (combined with the round number).
         fv_timeout: seconds to wait for FV replies (None: Flower's default, wait for all).
+        param_keys: which shared arrays are trainable parameters. The momentum strategies
+            (FedAvgM, PFM) apply momentum to these only; buffers such as BatchNorm
+            statistics take the plain average. Unused by FedAvg itself.
     """
 
     name = "fedavg"
 
     def __init__(self, *, min_train_replies: int = 1, max_update_norm: float | None = None,
                  max_abs_value: float = 1e6, fv_candidates: int = 0, fv_concentration: float = 2.0, fv_seed: int = 0,
-                 fv_timeout: float | None = None, **kwargs: Any) -> None:
+                 fv_timeout: float | None = None, param_keys: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if min_train_replies < 1:
             raise ValueError("min_train_replies must be >= 1")
@@ -130,6 +133,7 @@ class RobustFedAvg(FedAvg):
         self.fv_concentration = float(fv_concentration)
         self.fv_seed = int(fv_seed)
         self.fv_timeout = fv_timeout
+        self.param_keys = list(param_keys)
         self.sent: dict[str, np.ndarray] | None = None
         self.reports: list[RoundReport] = []
         # the round's Grid and train config, kept by configure_train for the FV exchange
@@ -326,19 +330,18 @@ class RobustFedAvgM(RobustFedAvg):
 
     name = "fedavgm"
 
-    def __init__(self, *, server_momentum: float = 0.9, server_learning_rate: float = 1.0,
-                 param_keys: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *, server_momentum: float = 0.9, server_learning_rate: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.server_momentum = float(server_momentum)
         self.server_learning_rate = float(server_learning_rate)
-        self.param_keys = set(param_keys)
         self.velocity: dict[str, np.ndarray] | None = None
 
     def server_step(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
         new: dict[str, np.ndarray] = {}
         velocity = dict(self.velocity or {})  # a copy: FV evaluates several candidates
+        params = set(self.param_keys)
         for k, avg in averaged.items():
-            if not is_float_array(avg) or (self.param_keys and k not in self.param_keys):
+            if not is_float_array(avg) or (params and k not in params):
                 new[k] = avg
                 continue
             pseudo = np.asarray(old[k], np.float64) - avg.astype(np.float64)
@@ -364,16 +367,13 @@ class PFM(RobustFedAvg):
     their shared-parameter momentum buffers from it. The site-local head keeps ordinary
     local momentum (it never leaves the site, so there is nothing to federate).
 
-    Args:
-        param_keys: which shared arrays are trainable parameters (momentum is estimated for
-            these only; buffers such as BatchNorm statistics are plain averages).
+    ``param_keys`` is required here: without it there is no parameter to estimate momentum for.
     """
 
     name = "pfm"
 
     def __init__(self, *, param_keys: Sequence[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.param_keys = list(param_keys)
+        super().__init__(param_keys=param_keys, **kwargs)
         self.momentum: dict[str, np.ndarray] | None = None
 
     def extra_train_records(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
@@ -420,9 +420,7 @@ def build_strategy(name: str, *, param_keys: Sequence[str] = (), **kwargs: Any) 
     if name != "fedavgm":
         kwargs.pop("server_momentum", None)
         kwargs.pop("server_learning_rate", None)
-    if name in ("pfm", "fedavgm"):
-        return STRATEGIES[name](param_keys=param_keys, **kwargs)
-    return STRATEGIES[name](**kwargs)
+    return STRATEGIES[name](param_keys=param_keys, **kwargs)
 
 
 def strategy_state(strategy: Any) -> dict[str, Any]:

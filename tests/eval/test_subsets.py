@@ -32,14 +32,6 @@ def _set() -> VerificationSet:
     return VerificationSet("syn", ArrayImageSource(imgs), pairs, same, folds, image_size=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_reports_random_and_every_fixed_layout():
     model = _model({"name": "partialface", "secret_seed": 5, "n_subsets": 3, "subsets_per_identity": 2,
                     "n_permutations": 2, "sample_multiplier": 1})

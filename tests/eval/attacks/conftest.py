@@ -1,4 +1,4 @@
-"""Shared fixtures for the attack tests: tiny generated faces, one CPU thread.
+"""Shared fixtures for the attack tests: tiny generated faces (one CPU thread: tests/eval/conftest.py).
 
 Faces are 32 x 32 (the frontends accept any multiple of 8) so decoders train in seconds;
 auxiliary and victim identities come from disjoint identity indices of the generator.
@@ -13,15 +13,6 @@ import torch
 from facepriv.data import SyntheticFaces, write_folder
 
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is shared: one intra-op thread is faster and far more predictable here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _faces(n_ids: int, per: int, first: int) -> torch.Tensor:
