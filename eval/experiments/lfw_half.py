@@ -13,17 +13,23 @@ checkpoint, attack decoders from theirs):
                  (``rounds x local_steps x clients`` = the central step count).
 4. ``verify``    ``eval.verify`` on the 3,000 test pairs, repeated for stochastic frontends.
 5. ``attack``    ``eval.attacks.run_attacks`` against every model's frontend (victims never
-                 trained on, attacker data disjoint from them), dlib judge.
+                 trained on, attacker data disjoint from them), dlib judge. An attack sees only
+                 the frontend, so rows whose frontends are identical (same config, secrets and
+                 state: RGB/DCT rows, PartialFace rows sharing the experiment's secret) share
+                 one attack, recorded as ``shared_from``.
 6. ``report``    ``results.md`` + ``results.json`` + ROC plot + reconstruction grid.
 
 The CPU and GPU scales are two YAML files (``--config cpu|gpu|path.yaml``); nothing else
-changes between them.
+changes between them. Several processes may work on one ``--out`` folder at once (e.g.
+``--only a,b`` and ``--only c`` with ``--threads 1`` each on a 2-core machine): every file is
+written atomically and wall times are merged under a lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +38,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import ExperimentConfig, ExperimentConfigError, ModelSpec, load_config
 from .lfw_data import LfwDataError, LfwHalf, prepare_lfw_half
@@ -45,9 +51,26 @@ TEST_SET = "lfw_folds5-9"
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs share --out
     tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _add_timing(out: Path, key: str, seconds: float) -> dict[str, float]:
+    """Add ``seconds`` to ``timings.json[key]``, re-reading the file under a lock so that
+    parallel runs on the same folder do not overwrite each other's entries."""
+    lock_path = out / ".timings.lock"
+    with open(lock_path, "a+", encoding="utf-8") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows: no parallel runs, no lock
+            pass
+        timings = _read_json(out / "timings.json") or {}
+        timings[key] = round(timings.get(key, 0.0) + seconds, 1)
+        _write_json(out / "timings.json", timings)
+    return timings
 
 
 def _read_json(path: Path) -> Any | None:
@@ -68,12 +91,33 @@ def train_config(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: P
     tc["device"] = cfg.device
     tc.setdefault("data", {})
     tc["data"].update({"format": "folder", "path": layout.train})
-    tc["frontend"] = copy.deepcopy(spec.frontend)
+    tc["frontend"] = _with_shared_secrets(cfg, spec.frontend)
     tc["eval"] = {"every_steps": 0, "sets": []}  # the experiment verifies with eval.verify afterwards
     if spec.mode == "distill":
         # one cache folder for every distilled row: the teacher embeds the training images once
         tc["distill"] = {"enabled": True, "teacher": cfg.teacher, "cache": str(out / "teacher") + os.sep, **cfg.distill}
     return tc
+
+
+def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dict[str, Any]:
+    """``frontend`` with its unset secret seeds derived from the experiment seed.
+
+    Why: left unset, each row would draw its own random secret (e.g. PartialFace's subset
+    table), so rows with the same frontend settings would hold different frontends and each
+    would need its own attack. With one secret per frontend setting, the rows differ only in
+    how the backbone was trained, which is the comparison the table makes, and the frontend,
+    all an attacker sees, is attacked once (``attack_model``).
+    """
+    from facepriv.frontends.registry import FRONTENDS
+
+    out = copy.deepcopy(frontend)
+    cls = FRONTENDS.get(str(out["name"]).lower())
+    for key in cls.secret_keys if cls is not None else ():  # an unknown name fails later, in build_frontend
+        if key.endswith("_seed") and out.get(key) is None:
+            settings = json.dumps({k: v for k, v in out.items() if k != key}, sort_keys=True)
+            digest = hashlib.sha256(f"{cfg.seed}:{key}:{settings}".encode()).digest()
+            out[key] = int.from_bytes(digest[:8], "big") >> 1  # 63-bit, like the frontend's own draw
+    return out
 
 
 def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
@@ -240,7 +284,43 @@ def attack_config(cfg: ExperimentConfig) -> Any:
     return AttackConfig(**parts, **raw)
 
 
-def attack_model(cfg: ExperimentConfig, spec: ModelSpec, data: _AttackData, out: Path) -> dict[str, Any]:
+def frontend_fingerprint(frontend: Any) -> str:
+    """SHA-256 of a frontend's full config (secrets included) and state: equal fingerprints
+    mean an attacker faces exactly the same protection function."""
+    h = hashlib.sha256(json.dumps(frontend.config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(frontend.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_fingerprint(out: Path, name: str) -> str | None:
+    from facepriv.models import FaceRecognizer
+
+    path = out / "models" / name / "model.pt"
+    return frontend_fingerprint(FaceRecognizer.load(path).frontend) if path.is_file() else None
+
+
+def _shared_attack(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
+    """A finished attack on another row whose frontend has this fingerprint (the attack's
+    result is a function of the frontend, the data and the attack config only)."""
+    for other in sorted((out / "attacks").glob("*/attack.json")):
+        if other.parent.name == name:
+            continue
+        res = _read_json(other)
+        if res is None or res.get("shared_from"):
+            continue
+        theirs = res.get("frontend_fingerprint") or _model_fingerprint(out, other.parent.name)
+        if theirs == fingerprint:
+            return res
+    return None
+
+
+def attack_model(cfg: ExperimentConfig, spec: ModelSpec, data: Callable[[], _AttackData], out: Path) -> dict[str, Any]:
+    """Attack ``spec``'s frontend, or reuse the attack of a row with an identical frontend.
+
+    ``data`` loads the victims, auxiliary faces and judge; it is called only when an attack
+    must actually run (loading costs a judge pass over the victims)."""
     from eval.attacks.runner import run_attacks
     from facepriv.models import FaceRecognizer
 
@@ -250,10 +330,19 @@ def attack_model(cfg: ExperimentConfig, spec: ModelSpec, data: _AttackData, out:
     if cached is not None:
         return cached
     frontend = FaceRecognizer.load(out / "models" / spec.name / "model.pt").frontend
-    res = run_attacks(frontend, data.aux, data.victims, judge_cache=data.cache, config=attack_config(cfg), out=adir)
+    fingerprint = frontend_fingerprint(frontend)
+    shared = _shared_attack(out, spec.name, fingerprint)
+    if shared is not None:
+        res = {**shared, "model": spec.name, "shared_from": shared["model"], "frontend_fingerprint": fingerprint}
+        _write_json(path, res)
+        return res
+    loaded = data()
+    res = run_attacks(frontend, loaded.aux, loaded.victims, judge_cache=loaded.cache, config=attack_config(cfg),
+                      out=adir)
     res["model"] = spec.name
-    res["data_overlap_check"] = data.overlap
-    res["judge"] = data.judge.describe()
+    res["frontend_fingerprint"] = fingerprint
+    res["data_overlap_check"] = loaded.overlap
+    res["judge"] = loaded.judge.describe()
     from eval.attacks.metrics import json_safe
 
     res = json_safe(res)
@@ -283,19 +372,22 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | os.PathLike[str], out
     layout = prepare_lfw_half(data_root, out)
     _write_json(out / "data.json", layout.to_dict())
     models = [m for m in cfg.models if only is None or m.name in only]
-    timings = _read_json(out / "timings.json") or {}
 
     def timed(key: str, fn, *a):  # noqa: ANN001, ANN202
         t0 = time.perf_counter()
         r = fn(*a)
-        timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - t0, 1)
-        _write_json(out / "timings.json", timings)
+        _add_timing(out, key, time.perf_counter() - t0)
         return r
 
     if "reference" in stages:
         print(f"[experiment] reference: {cfg.judge} on {layout.counts['test_pairs']} test pairs", flush=True)
         timed("reference", reference_row, cfg, layout, out)
-    attack_data: _AttackData | None = None
+    attack_data: list[_AttackData] = []  # loaded on first use, then shared by every row
+
+    def load_attack_data() -> _AttackData:
+        if not attack_data:
+            attack_data.append(timed("attack/load_data", _AttackData, cfg, layout))
+        return attack_data[0]
     for spec in models:  # each model all the way through, so an interrupted run still has whole rows
         model_file = out / "models" / spec.name / "model.pt"
         if "train" in stages:
@@ -307,14 +399,13 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | os.PathLike[str], out
             timed(f"verify/{spec.name}", verify_model, cfg, spec, layout, out)
         wanted = cfg.attacks.enabled and (cfg.attacks.models == "all" or spec.name in cfg.attacks.models)
         if "attack" in stages and wanted and model_file.is_file():
-            if attack_data is None:
-                attack_data = timed("attack/load_data", _AttackData, cfg, layout)
             print(f"[experiment] attack {spec.name}", flush=True)
-            timed(f"attack/{spec.name}", attack_model, cfg, spec, attack_data, out)
+            timed(f"attack/{spec.name}", attack_model, cfg, spec, load_attack_data, out)
     results: dict[str, Any] = {}
     if "report" in stages:
         from .results import write_results
 
+        timings = _read_json(out / "timings.json") or {}
         results = write_results(cfg, layout, out, environment=environment(), timings=timings, command=command)
         if publish is not None:
             from .results import publish_results

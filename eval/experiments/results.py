@@ -115,6 +115,7 @@ def collect(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
             "verification": verification_row(v) if v else None,
             "leakage": leakage_row(a) if a else None,
             "grid": a.get("grid") if a else None,
+            "attack_shared_from": a.get("shared_from") if a else None,
             "roc": v["results"][0].get("roc") if v else None,
         }
     raw = None
@@ -146,7 +147,7 @@ def write_results(cfg: ExperimentConfig, layout: LfwHalf, out: Path, *, environm
     figures.mkdir(parents=True, exist_ok=True)
     grids = {}
     for name, r in collected["rows"].items():
-        if r.get("grid") and Path(r["grid"]).is_file():
+        if r.get("grid") and not r.get("attack_shared_from") and Path(r["grid"]).is_file():
             dest = figures / f"grid_{name}.png"
             shutil.copyfile(r["grid"], dest)
             grids[name] = dest.name
@@ -187,16 +188,20 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
         if v is None:
             lines.append(f"| {name} | {mode} | not run | | | | | | | | |")
             continue
+        best = pub.get("best_attack", "–")
+        if r.get("attack_shared_from"):  # identical frontend: one attack serves both rows
+            best += f" (frontend = {r['attack_shared_from']})"
         psnr = max((x for x in (pub.get("psnr"), sec.get("psnr")) if x is not None), default=None)
         ssim = max((x for x in (pub.get("ssim"), sec.get("ssim")) if x is not None), default=None)
         lines.append(f"| {name} | {mode} | {_pm(v['tpr@0.001'])} | {_pm(v['tpr@0.01'])} | {_pm(v['accuracy'])} | "
-                     f"{_pm(v['eer'])} | {_f(pub.get('tpr@1e-3'))} | {pub.get('best_attack', '–')} | "
+                     f"{_pm(v['eer'])} | {_f(pub.get('tpr@1e-3'))} | {best} | "
                      f"{_f(sec.get('tpr@1e-3')) if sec else '(no secret)'} | {_f(psnr, 1)} | {_f(ssim)} |")
     lines += [
         "",
         "n/m: not measurable (too few impostor pairs or not computed). PSNR/SSIM: the best reconstruction over all "
         "attacks and knowledge levels (luma SSIM). Naive rendering and per-attack numbers are in "
-        "`attacks/<model>/attack.json`.",
+        "`attacks/<model>/attack.json`. An attack sees only the frontend: rows marked \"frontend = X\" have a "
+        "frontend identical to X's (same settings, secret and state) and share its attack.",
         "",
     ]
     figs = results.get("figures", {})

@@ -149,11 +149,12 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation())
 
     models = [{"name": "rgb_distill", "mode": "distill", "frontend": {"name": "rgb"}},
-              {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}}]
+              {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}},
+              {"name": "pf_scratch", "mode": "scratch", "frontend": {"name": "partialface"}}]
     import yaml
 
     cfg = _tiny_config(models)
-    cfg["attacks"]["models"] = ["pf_pfm"]  # attacks on the RGB baseline are tested in tests/eval/attacks
+    cfg["attacks"]["models"] = ["pf_pfm", "pf_scratch"]  # attacks on the RGB baseline are tested in tests/eval/attacks
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -168,8 +169,18 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     assert res["rows"]["pf_pfm"]["verification"]["repetitions"] == 2  # stochastic: repeated
     assert res["rows"]["pf_pfm"]["leakage"]["public"]["best_attack"] and res["rows"]["rgb_distill"]["leakage"] is None
     assert res["rows"]["pf_pfm"]["training"]["steps"] == 4  # 1 round x 2 local steps x 2 sites
+    # both PartialFace rows hold one secret (derived from the experiment seed), so the
+    # frontend an attacker faces is the same and is attacked once
+    from facepriv.models import FaceRecognizer
+
+    secrets_ = {FaceRecognizer.load(out / "models" / n / "model.pt").frontend.secret_seed for n in ("pf_pfm", "pf_scratch")}
+    assert len(secrets_) == 1
+    shared = json.loads((out / "attacks" / "pf_scratch" / "attack.json").read_text())
+    assert shared["shared_from"] == "pf_pfm" and res["rows"]["pf_scratch"]["leakage"] == res["rows"]["pf_pfm"]["leakage"]
+    assert not (out / "attacks" / "pf_scratch" / "grid.png").exists() and "pf_scratch" not in res["figures"]["grids"]
     assert list((out / "teacher").glob("teacher_*.safetensors"))
     md = (docs / "results.md").read_text()
+    assert "(frontend = pf_pfm)" in md.split("| pf_scratch |")[1].splitlines()[0]
     assert "| pf_pfm | pfm |" in md and "![ROC](results/roc.png)" in md and (docs / "results" / "roc.png").is_file()
     (docs / "results.md").write_text("# Results\n" + md + "Hand-written discussion.\n")
     # re-running does no work again, gives the same table and keeps the text around it
@@ -182,3 +193,29 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     assert again.split("## How")[0] == "# Results\n" + md.split("## How")[0]
     # the same folder refuses a different config
     assert main(argv + ["--set", "seed=1"]) == 2
+
+
+def test_frontend_fingerprint_and_parallel_timings(tmp_path):
+    """Fingerprints tell frontends apart by secret and learned state; wall times from two
+    runs on one folder are merged, not overwritten."""
+    import torch
+
+    from eval.experiments.lfw_half import _add_timing, _with_shared_secrets, frontend_fingerprint
+    from facepriv.frontends import build_frontend
+
+    cfg = config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]))
+    pf = _with_shared_secrets(cfg, {"name": "partialface"})
+    assert pf == _with_shared_secrets(cfg, {"name": "partialface"}) and 0 <= pf["secret_seed"] < 2**63
+    assert _with_shared_secrets(cfg, {"name": "partialface", "n_subsets": 4})["secret_seed"] != pf["secret_seed"]
+    assert _with_shared_secrets(cfg, {"name": "partialface", "secret_seed": 7})["secret_seed"] == 7  # given: kept
+    assert frontend_fingerprint(build_frontend(pf)) == frontend_fingerprint(build_frontend(pf))
+    assert frontend_fingerprint(build_frontend(pf)) != frontend_fingerprint(build_frontend({**pf, "secret_seed": 7}))
+    dp = build_frontend({"name": "dctdp", "epsilon_mean": 4.0})
+    before = frontend_fingerprint(dp)
+    with torch.no_grad():
+        dp.budget_logits.add_(0.1)  # a trained budget is a different protection
+    assert frontend_fingerprint(dp) != before
+
+    _add_timing(tmp_path, "train/a", 2.0)
+    _add_timing(tmp_path, "train/b", 3.0)  # as if from a second process
+    assert _add_timing(tmp_path, "train/a", 1.0) == {"train/a": 3.0, "train/b": 3.0}
