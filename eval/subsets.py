@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eval.metrics import verification_report
+from eval.protocols import pair_scores
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def _embed(model: Any, images: torch.Tensor, subset: torch.Tensor, perm: torch.T
 
 
 def _pair_stats(emb: torch.Tensor, a: np.ndarray, b: np.ndarray, same: np.ndarray) -> dict[str, float]:
-    scores = (emb[a] * emb[b]).sum(1).double().numpy()
+    scores = pair_scores(emb, np.stack([a, b], axis=1))
     report = verification_report(scores, same, folds=0)
     return {"auc": float(report["auc"]), "genuine_cosine": float(scores[same].mean()),
             "impostor_cosine": float(scores[~same].mean())}

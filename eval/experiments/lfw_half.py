@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -109,14 +110,14 @@ def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dic
     all an attacker sees, is attacked once (``attack_model``).
     """
     from facepriv.frontends.registry import FRONTENDS
+    from training.rng import derive_seed
 
     out = copy.deepcopy(frontend)
     cls = FRONTENDS.get(str(out["name"]).lower())
     for key in cls.secret_keys if cls is not None else ():  # an unknown name fails later, in build_frontend
         if key.endswith("_seed") and out.get(key) is None:
             settings = json.dumps({k: v for k, v in out.items() if k != key}, sort_keys=True)
-            digest = hashlib.sha256(f"{cfg.seed}:{key}:{settings}".encode()).digest()
-            out[key] = int.from_bytes(digest[:8], "big") >> 1  # 63-bit, like the frontend's own draw
+            out[key] = derive_seed("experiment secret", cfg.seed, key, settings)  # 63-bit, like the frontend's own draw
     return out
 
 
@@ -382,12 +383,11 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | os.PathLike[str], out
     if "reference" in stages:
         print(f"[experiment] reference: {cfg.judge} on {layout.counts['test_pairs']} test pairs", flush=True)
         timed("reference", reference_row, cfg, layout, out)
-    attack_data: list[_AttackData] = []  # loaded on first use, then shared by every row
 
-    def load_attack_data() -> _AttackData:
-        if not attack_data:
-            attack_data.append(timed("attack/load_data", _AttackData, cfg, layout))
-        return attack_data[0]
+    @functools.cache
+    def load_attack_data() -> _AttackData:  # loaded on first use, then shared by every row
+        return timed("attack/load_data", _AttackData, cfg, layout)
+
     for spec in models:  # each model all the way through, so an interrupted run still has whole rows
         model_file = out / "models" / spec.name / "model.pt"
         if "train" in stages:
