@@ -442,7 +442,9 @@ def build_parser(prog: str = "facepriv experiment lfw-half") -> argparse.Argumen
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set eval.repetitions=5")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("--only", default=None, help="comma-separated model names (default: all configured)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated model names (default: all configured). Two runs with disjoint --only lists "
+                        "and --threads 1 may share one --out folder in parallel")
     p.add_argument("--publish", default=None, metavar="DIR",
                    help="also write DIR/results.md with its figures in DIR/results/ (e.g. docs)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
