@@ -414,15 +414,38 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | os.PathLike[str], out
     return results
 
 
+#: settings that say how the run executes, not what it computes: a continued run may change them
+EXECUTION_SETTINGS = (("threads",), ("federated", "num_cpus"), ("federated", "cpus_per_client"))
+
+
+def _numeric_part(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without :data:`EXECUTION_SETTINGS` (the part every number depends on)."""
+    config = copy.deepcopy(config)
+    for path in EXECUTION_SETTINGS:
+        node = config
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return config
+
+
 def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
-    """A folder holds one experiment: continuing with a different config would mix numbers."""
+    """A folder holds one experiment: continuing with a different config would mix numbers.
+
+    Only the numeric part is compared: resuming on a machine with more cores may change
+    ``threads`` or ``federated.num_cpus``. The folder keeps the config it was started with.
+    """
     path = out / "experiment_config.json"
     mine = cfg.to_dict()
     old = _read_json(path)
-    if old is not None and old != mine:
-        changed = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
-        raise ExperimentConfigError(f"{out} was started with a different config (differs in {changed}); "
-                                    "use a fresh --out folder")
+    if old is not None:
+        before, now = _numeric_part(old), _numeric_part(mine)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise ExperimentConfigError(f"{out} was started with a different config (differs in {changed}); "
+                                        "use a fresh --out folder")
+        return
     _write_json(path, mine)
     import yaml
 

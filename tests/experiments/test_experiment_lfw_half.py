@@ -219,3 +219,21 @@ def test_frontend_fingerprint_and_parallel_timings(tmp_path):
     _add_timing(tmp_path, "train/a", 2.0)
     _add_timing(tmp_path, "train/b", 3.0)  # as if from a second process
     assert _add_timing(tmp_path, "train/a", 1.0) == {"train/a": 3.0, "train/b": 3.0}
+
+
+def test_continuing_may_change_execution_settings_only(tmp_path):
+    """A run folder keeps its first config; cores and threads may change on resume, numbers may not."""
+    from eval.experiments.lfw_half import _check_same_config
+
+    cfg = config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]))
+    _check_same_config(cfg, tmp_path)
+    first = (tmp_path / "experiment_config.json").read_text()
+    more_cores = config_from_dict({**_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]), "threads": 8,
+                                   "federated": {"clients": 2, "rounds": 1, "num_cpus": 16,
+                                                                 "cpus_per_client": 4.0}})
+    _check_same_config(more_cores, tmp_path)
+    assert (tmp_path / "experiment_config.json").read_text() == first
+    other_rounds = config_from_dict({**_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]),
+                                     "federated": {"clients": 2, "rounds": 3}})
+    with pytest.raises(ExperimentConfigError, match=r"differs in \['federated'\]"):
+        _check_same_config(other_rounds, tmp_path)
