@@ -6,21 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from eval.cli import main as eval_main
 from eval.subsets import subset_invariance
 from facepriv.data import SyntheticFaces, make_pairs, write_bin
 from facepriv.data.verification import ArrayImageSource, VerificationSet
-from facepriv.models import FaceRecognizer
 
 SIZE = 16
 
-
-def _model(frontend: dict) -> FaceRecognizer:
-    torch.manual_seed(0)
-    backbone = {"name": "iresnet", "layers": [1, 1, 1, 1], "width": 0.125, "embedding_size": 16, "input_size": SIZE}
-    return FaceRecognizer.from_config({"frontend": frontend, "backbone": backbone, "image_size": SIZE})
 
 
 def _set() -> VerificationSet:
@@ -32,9 +25,9 @@ def _set() -> VerificationSet:
     return VerificationSet("syn", ArrayImageSource(imgs), pairs, same, folds, image_size=None)
 
 
-def test_reports_random_and_every_fixed_layout():
-    model = _model({"name": "partialface", "secret_seed": 5, "n_subsets": 3, "subsets_per_identity": 2,
-                    "n_permutations": 2, "sample_multiplier": 1})
+def test_reports_random_and_every_fixed_layout(tiny_model):
+    model = tiny_model({"name": "partialface", "secret_seed": 5, "n_subsets": 3, "subsets_per_identity": 2,
+                        "n_permutations": 2, "sample_multiplier": 1})
     out = subset_invariance(model, _set(), max_pairs=None)
     assert out["pairs"] == 20 and 0 < out["genuine"] < 20
     assert [(f["subset"], f["permutation"]) for f in out["fixed"]] == [(s, p) for p in range(2) for s in range(3)]
@@ -46,25 +39,25 @@ def test_reports_random_and_every_fixed_layout():
     assert len(subset_invariance(model, _set(), max_pairs=None, layouts=2)["fixed"]) == 2
 
 
-def test_one_layout_makes_random_and_fixed_identical():
+def test_one_layout_makes_random_and_fixed_identical(tiny_model):
     """With a single subset and order, 'random' and 'fixed' protect every image identically."""
-    model = _model({"name": "partialface", "secret_seed": 5, "n_subsets": 1, "subsets_per_identity": 1,
-                    "n_permutations": 1, "sample_multiplier": 1})
+    model = tiny_model({"name": "partialface", "secret_seed": 5, "n_subsets": 1, "subsets_per_identity": 1,
+                        "n_permutations": 1, "sample_multiplier": 1})
     out = subset_invariance(model, _set(), max_pairs=None)
     assert out["random"] == {k: v for k, v in out["fixed"][0].items() if k not in ("subset", "permutation")}
     assert out["invariance_gap_auc"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_refuses_a_model_without_secret_layouts():
+def test_refuses_a_model_without_secret_layouts(tiny_model):
     with pytest.raises(ValueError, match="needs a PartialFace model"):
-        subset_invariance(_model({"name": "dct"}), _set())
+        subset_invariance(tiny_model({"name": "dct"}), _set())
 
 
-def test_cli_writes_json(tmp_path, capsys):
+def test_cli_writes_json(tmp_path, capsys, tiny_model):
     vset = _set()
     write_bin(tmp_path / "s.bin", [vset.load_image(int(i)) for ab in vset.pairs for i in ab], vset.issame)
-    _model({"name": "partialface", "secret_seed": 5, "n_subsets": 2, "subsets_per_identity": 1,
-            "n_permutations": 1, "sample_multiplier": 1}).save(tmp_path / "pf.pt")
+    tiny_model({"name": "partialface", "secret_seed": 5, "n_subsets": 2, "subsets_per_identity": 1,
+                "n_permutations": 1, "sample_multiplier": 1}).save(tmp_path / "pf.pt")
     rc = eval_main(["subsets", "-c", str(tmp_path / "pf.pt"), "-s", f"s={tmp_path / 's.bin'}", "-o", str(tmp_path / "o"),
                     "--max-pairs", "12", "--device", "cpu"])
     assert rc == 0

@@ -30,11 +30,6 @@ SIZE = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _model(frontend: dict) -> FaceRecognizer:
-    torch.manual_seed(0)
-    backbone = {"name": "iresnet", "layers": [1, 1, 1, 1], "width": 0.125, "embedding_size": 16, "input_size": SIZE}
-    return FaceRecognizer.from_config({"frontend": frontend, "backbone": backbone, "image_size": SIZE})
-
 
 def _faces(n_ids: int, per_id: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, list[int]]:
     """Synthetic faces (rendered at 32x32, the renderer's minimum) shrunk to ``size``."""
@@ -52,15 +47,15 @@ def _write_face_folder(root: Path, n_ids: int, per_id: int, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, Path]:
+def assets(tmp_path_factory, tiny_model) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("verify")
     images, targets = _faces(10, 3, seed=3)
     pairs, same, _ = make_pairs(targets, n_folds=2, pairs_per_fold=12, seed=0)
     write_bin(d / "tiny.bin", [images[i] for ab in pairs for i in ab], same)
     _write_face_folder(d / "faces", 10, 3, seed=4)
     pairs_txt_for_folder(d / "faces", d / "pairs.txt", n_folds=2, per_fold=5, seed=1)
-    _model({"name": "rgb"}).save(d / "rgb.pt")
-    _model({"name": "partialface", "secret_seed": 11}).save(d / "pf.safetensors")
+    tiny_model({"name": "rgb"}).save(d / "rgb.pt")
+    tiny_model({"name": "partialface", "secret_seed": 11}).save(d / "pf.safetensors")
     # 48x48 faces: a set the 16x16 checkpoints were not built for
     big, _ = _faces(4, 2, seed=5, size=48)
     write_bin(d / "big.bin", list(big), [True, False, True, False])
@@ -109,11 +104,11 @@ def test_pair_slots_embed_each_image_once_and_self_pairs_twice():
     assert s.pairs.tolist() == [[0, 1], [1, 2], [0, 3], [2, 0]]
 
 
-def test_each_image_and_each_repetition_draws_independently(monkeypatch):
+def test_each_image_and_each_repetition_draws_independently(monkeypatch, tiny_model):
     spy = ChoiceSpy(monkeypatch)
     vset = _array_set()
-    emb = embed_protected_set(_model({"name": "partialface", "secret_seed": 2}), vset, repetitions=3, batch_size=8,
-                              seed=0, progress=False)
+    model = tiny_model({"name": "partialface", "secret_seed": 2})
+    emb = embed_protected_set(model, vset, repetitions=3, batch_size=8, seed=0, progress=False)
     fronts = spy.per_frontend()
     assert emb.repetitions == 3 and len(fronts) == 3  # one frontend (one random stream) per repetition
     draws = np.stack([np.concatenate(calls) for calls in fronts])  # (R, slots): one draw per slot per repetition
@@ -129,19 +124,19 @@ def test_each_image_and_each_repetition_draws_independently(monkeypatch):
     assert len(np.unique(draws // 10)) > 1
 
 
-def test_flipped_copy_is_its_own_query(monkeypatch):
+def test_flipped_copy_is_its_own_query(monkeypatch, tiny_model):
     spy = ChoiceSpy(monkeypatch)
     vset = _array_set()
-    embed_protected_set(_model({"name": "partialface", "secret_seed": 2}), vset, repetitions=1, flip=True,
-                        batch_size=100, seed=1, progress=False)
+    model = tiny_model({"name": "partialface", "secret_seed": 2})
+    embed_protected_set(model, vset, repetitions=1, flip=True, batch_size=100, seed=1, progress=False)
     (calls,) = spy.per_frontend()
     assert len(calls) == 2  # original then mirrored, one batch
     assert (calls[0] == calls[1]).mean() < 0.4
 
 
-def test_seeded_runs_reproduce_and_follow_the_derived_seeds():
+def test_seeded_runs_reproduce_and_follow_the_derived_seeds(tiny_model):
     vset = _array_set()
-    model = _model({"name": "partialface", "secret_seed": 2})
+    model = tiny_model({"name": "partialface", "secret_seed": 2})
     a = embed_protected_set(model, vset, repetitions=2, batch_size=7, seed=5, progress=False)
     b = embed_protected_set(model, vset, repetitions=2, batch_size=7, seed=5, progress=False)
     c = embed_protected_set(model, vset, repetitions=2, batch_size=7, seed=6, progress=False)
@@ -150,7 +145,7 @@ def test_seeded_runs_reproduce_and_follow_the_derived_seeds():
     assert not torch.equal(a.embeddings[0], a.embeddings[1])
     assert a.inference_seeds == repetition_seeds(5, 2)
     # repetition 1 is exactly "the frontend with inference_seed = repetition_seeds(5, 2)[1]"
-    ref = _model({"name": "partialface", "secret_seed": 2, "inference_seed": repetition_seeds(5, 2)[1]})
+    ref = tiny_model({"name": "partialface", "secret_seed": 2, "inference_seed": repetition_seeds(5, 2)[1]})
     ref.load_state_dict(model.state_dict())
     x = torch.stack([torch.from_numpy(vset.load_image(int(i)).transpose(2, 0, 1).copy()).float() / 255
                      for i in a.slots.images])
@@ -178,13 +173,13 @@ def test_deterministic_frontend_is_scored_once_and_scores_are_cosines(assets):
     assert r["n_pairs"] == 24 and r["summary"]["accuracy"]["std"] is None
 
 
-def test_probe_finds_partialface_random_and_rgb_deterministic():
+def test_probe_finds_partialface_random_and_rgb_deterministic(tiny_model):
     x = torch.rand(2, 3, SIZE, SIZE)
-    assert protocols.probe_stochastic(_model({"name": "partialface", "secret_seed": 1}).frontend, x)
-    assert not protocols.probe_stochastic(_model({"name": "rgb"}).frontend, x)
+    assert protocols.probe_stochastic(tiny_model({"name": "partialface", "secret_seed": 1}).frontend, x)
+    assert not protocols.probe_stochastic(tiny_model({"name": "rgb"}).frontend, x)
     # one subset and one channel order: nothing random left, so R = 1 is correct
-    pf1 = _model({"name": "partialface", "secret_seed": 1, "n_subsets": 1, "subsets_per_identity": 1,
-                  "sample_multiplier": 1, "n_permutations": 1}).frontend
+    pf1 = tiny_model({"name": "partialface", "secret_seed": 1, "n_subsets": 1, "subsets_per_identity": 1,
+                      "sample_multiplier": 1, "n_permutations": 1}).frontend
     assert not protocols.probe_stochastic(pf1, x)
 
 
