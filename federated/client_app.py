@@ -3,10 +3,11 @@
 One train message = one round at this site::
 
     receive shared arrays (+ PFM momentum) -> load into a FaceRecognizer built from the
-    run's config -> training.Trainer on this site's data (frontend -> protected tensors ->
-    backbone -> site-local margin head) -> restore head / optimiser / schedule / data order
-    / RNG / accountant from Context.state -> install momentum (PFM: global; else reset)
-    -> ``local-steps`` trainer steps -> reply with shared arrays + metrics
+    run's config (+ this site's frontend calibration from earlier rounds) -> training.Trainer
+    on this site's data (frontend -> protected tensors -> backbone -> site-local margin head)
+    -> restore head / optimiser / schedule / data order / RNG / accountant from
+    Context.state -> install momentum (PFM: global; else reset) -> ``local-steps`` trainer
+    steps -> reply with shared arrays + metrics
 
 With federated validation on, a ``query.fv`` message carries K candidate global models;
 ``validate_round`` embeds this site's held-out validation identities with each and replies
@@ -46,9 +47,12 @@ def _config(msg: Message) -> dict[str, Any]:
 
 
 def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], context: Context,
-                       arrays: dict[str, Any], *, val_identities: int = 0) -> tuple[Any, int]:
+                       arrays: dict[str, Any], *, val_identities: int = 0,
+                       frontend_buffers: dict[str, torch.Tensor] | None = None) -> tuple[Any, int]:
     """A Trainer on this site's data whose recognizer holds the received global arrays
-    (``val_identities``: identities held out for federated validation, never trained on)."""
+    (``val_identities``: identities held out for federated validation, never trained on;
+    ``frontend_buffers``: this site's frontend state from an earlier round, so a frontend
+    calibrated on the site's data, e.g. DCTDP ``clip: calibrated``, is not calibrated again)."""
     from facepriv.frontends import build_frontend
     from training.components import build_recognizer
     from training.config import config_from_dict
@@ -65,19 +69,37 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     cfg.data.num_workers = 0
     recognizer = build_recognizer(cfg, build_frontend(dict(cfg.frontend)))
     load_shared_state(recognizer, arrays)  # before Trainer: a calibrated input norm is not re-calibrated
+    if frontend_buffers:
+        load_frontend_buffers(recognizer.frontend, frontend_buffers)  # likewise the site's frontend calibration
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device(cfg.device if cfg.device != "auto" else "cpu"))
     trainer = Trainer(cfg, dataset=dataset, recognizer=recognizer, dist_env=env)
     return trainer, site
 
 
-def _restore(trainer: Any, context: Context) -> None:
+def load_frontend_buffers(frontend: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Copy a site's saved frontend buffers back (names and shapes must match this frontend:
+    a state file from another frontend config is an error, not a silent partial load)."""
+    own = dict(frontend.named_buffers())
+    if set(saved) != set(own):
+        raise ValueError(f"site state: frontend buffers {sorted(saved)} do not match this run's frontend {sorted(own)}")
+    with torch.no_grad():
+        for name, buf in own.items():
+            src = torch.as_tensor(saved[name])
+            if tuple(src.shape) != tuple(buf.shape):
+                raise ValueError(f"site state: frontend buffer {name!r} has shape {tuple(src.shape)}, expected {tuple(buf.shape)}")
+            buf.copy_(src.to(buf.dtype))
+
+
+def _site_state(context: Context) -> dict[str, Any] | None:
+    """This site's state from earlier rounds: ``Context.state`` first, else ``state-dir`` on disk."""
+    if SITE_KEY in context.state:
+        return unpack(bytes(context.state[SITE_KEY]["blob"]), "Context.state")
+    return load_site_state(state_file(context.node_config, str(context.run_id)))
+
+
+def _restore(trainer: Any, state: dict[str, Any] | None) -> None:
     from training.rng import restore_rng_state
 
-    state: dict[str, Any] | None = None
-    if SITE_KEY in context.state:
-        state = unpack(bytes(context.state[SITE_KEY]["blob"]), "Context.state")
-    else:
-        state = load_site_state(state_file(context.node_config, str(context.run_id)))
     if state is None:
         return
     trainer.head.load_state_dict(state["head"])
@@ -99,6 +121,7 @@ def _persist(trainer: Any, context: Context) -> None:
         "progress": [trainer.step, trainer.epoch, trainer.batch_in_epoch],
         "rng": capture_rng_state(trainer._rng_roots()),
         "dp": trainer.dp.state_dict() if trainer.dp is not None else None,
+        "frontend_buffers": {k: v.detach().cpu() for k, v in trainer.recognizer.frontend.named_buffers()},
     }
     context.state[HEAD_KEY] = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in trainer.head.state_dict().items()})
     context.state[SITE_KEY] = ConfigRecord({"blob": pack(state)})
@@ -114,10 +137,12 @@ def train_round(msg: Message, context: Context) -> RecordDict:
     strategy = str(conf.get("strategy", "fedavg"))
     arrays = record_to_numpy(msg.content["arrays"])
     t0 = time.perf_counter()
+    state = _site_state(context)
     trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays,
-                                       val_identities=int(conf.get(FV_VAL_KEY, 0)))
+                                       val_identities=int(conf.get(FV_VAL_KEY, 0)),
+                                       frontend_buffers=(state or {}).get("frontend_buffers"))
     try:
-        _restore(trainer, context)
+        _restore(trainer, state)
         params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
         momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if (strategy == "pfm" and MOMENTUM_KEY in msg.content) else None
         install_momentum(trainer.optimizer, params, momentum)
@@ -159,10 +184,12 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
     cfg_dict = json.loads(str(conf.get("train-config", "{}"))) if "train-config" in conf else None
     if cfg_dict is None:
         raise ValueError("evaluate message carries no train-config")
+    state = _site_state(context)
     trainer, site = build_site_trainer(cfg_dict, json.loads(str(conf.get("data", "{}"))), context,
-                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)))
+                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)),
+                                       frontend_buffers=(state or {}).get("frontend_buffers"))
     try:
-        _restore(trainer, context)
+        _restore(trainer, state)
         batches = int(conf.get("eval-batches", 2))
         total, n = 0.0, 0
         trainer.recognizer.eval()
@@ -213,7 +240,11 @@ def validate_round(msg: Message, context: Context) -> RecordDict:
     scores: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_recognizer(cfg, build_frontend(dict(cfg.frontend))).to(device)
+        model = build_recognizer(cfg, build_frontend(dict(cfg.frontend)))
+        saved = (_site_state(context) or {}).get("frontend_buffers")
+        if saved:  # score with the frontend this site trains with (its calibrated clipping bounds)
+            load_frontend_buffers(model.frontend, saved)
+        model = model.to(device)
         x = images_to_float(images.to(device))
         y = labels.to(device)
         for j in range(k):

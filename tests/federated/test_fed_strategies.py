@@ -163,6 +163,60 @@ def test_head_never_leaves_the_site(task_identity, tmp_path):
     assert any(v.shape[0] == 3 for v in heads[1].values() if v.ndim == 2)
 
 
+def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_identity, tmp_path, monkeypatch):
+    """DCTDP ``clip: calibrated``: the clipping bounds are fitted on the site's data in its
+    first round and persisted with the site state (memory and disk); later rounds, also after
+    a restart that lost Context.state, reuse them instead of calibrating again. A state file
+    from another frontend is refused by name."""
+    from federated.arrays import shared_state, state_to_numpy
+    from federated.client_app import train_round
+    from federated.server_app import FedSettings, build_global_model
+    from facepriv.frontends.dp import DCTDP
+
+    calls = []
+    real = DCTDP.calibrate
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DCTDP, "calibrate", counting)
+    cfg = _tiny_cfg()
+    cfg["frontend"] = {"name": "dctdp", "epsilon_mean": 4.0, "clip": "calibrated", "input_size": 32}
+    model, cfg_dict = build_global_model(FedSettings(train_config=cfg, out=str(tmp_path), strategy="fedavg"))
+    calls.clear()  # the server builds its global model without site data
+    sent = state_to_numpy(shared_state(model))
+    conf = ConfigRecord({"train-config": json.dumps(cfg_dict), "local-steps": 1, "strategy": "fedavg",
+                         "data": json.dumps({"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})})
+    node = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "site")}
+
+    def one_round(ctx):
+        msg = Message(RecordDict({"arrays": numpy_to_record(sent), "config": conf}), dst_node_id=9,
+                      message_type=MessageType.TRAIN)
+        train_round(msg, ctx)
+        return ctx
+
+    ctx = one_round(Context(run_id=5, node_id=9, node_config=node, state=RecordDict(), run_config={}))
+    from federated.client_app import _site_state
+
+    first = _site_state(ctx)["frontend_buffers"]
+    assert len(calls) == 1 and bool(first["calibrated"])
+    analytic = DCTDP(epsilon_mean=4.0, input_size=32).clip_bound
+    assert not torch.equal(first["clip_bound"], analytic)  # fitted to the site's images
+    one_round(ctx)
+    restarted = one_round(Context(run_id=5, node_id=9, node_config=node, state=RecordDict(), run_config={}))
+    assert len(calls) == 1
+    assert torch.equal(_site_state(restarted)["frontend_buffers"]["clip_bound"], first["clip_bound"])
+    # a state file written for another frontend is an error naming the buffers
+    cfg_dict2 = {**cfg_dict, "frontend": {"name": "partialface"}}
+    conf["train-config"] = json.dumps(cfg_dict2)
+    model2, _ = build_global_model(FedSettings(train_config={**cfg, "frontend": {"name": "partialface"}},
+                                               out=str(tmp_path / "b"), strategy="fedavg"))
+    sent = state_to_numpy(shared_state(model2))
+    with pytest.raises(ValueError, match="frontend buffers"):
+        one_round(Context(run_id=5, node_id=9, node_config=node, state=RecordDict(), run_config={}))
+
+
 def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path):
     """0-d buffers (``input_norm.calibrated`` of frequency frontends, BatchNorm's
     ``num_batches_tracked``) must reach the site as 0-d, or ``load_shared_state`` refuses them."""
