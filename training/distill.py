@@ -10,7 +10,9 @@ Cache: ``<cache>.safetensors`` holds ``embeddings`` (N x D float32, L2-normalise
 metadata naming the teacher and a SHA-256 over the ordered list of sample keys (file paths
 or record ids), which is written next to it as ``<cache>.keys.txt``. A cache is reused only
 if teacher identity, keys and count all match, so a changed dataset or teacher is never
-silently trained against stale targets. Samples that could not be read when the cache was
+silently trained against stale targets. In a cache *folder*, a dataset whose keys are all held
+by another cache of the same teacher (a federated site's share of centrally embedded images)
+takes its rows from there. Samples that could not be read when the cache was
 built have all-zero targets, which give zero gradient (they are ignored, not fatal).
 
 Teachers: any ``Callable[[Tensor], Tensor]`` taking RGB ``B x 3 x H x W`` in [0, 1], a
@@ -198,6 +200,36 @@ class DistillTargets:
         return emb
 
     @staticmethod
+    def read_covering_cache(folder: Path, teacher_id: str, keys: list[str]) -> Tensor | None:
+        """Rows for ``keys`` from a cache in ``folder`` by the same teacher that holds all of them.
+
+        A cache is used only if its key file matches the SHA-256 in its metadata, so a
+        hand-edited or half-written key list never maps images to the wrong targets.
+        """
+        from safetensors import safe_open
+
+        wanted = set(keys)
+        for path in sorted(folder.glob("teacher_*.safetensors")):
+            keys_path = path.with_suffix(".keys.txt")
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    meta = f.metadata() or {}
+                    if meta.get("format") != CACHE_FORMAT or meta.get("teacher") != teacher_id:
+                        continue
+                    theirs = keys_path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+                    if keys_sha256(theirs) != meta.get("keys_sha256") or not wanted <= set(theirs):
+                        continue
+                    position = {k: i for i, k in enumerate(theirs)}
+                    emb = f.get_tensor("embeddings")[torch.tensor([position[k] for k in keys], dtype=torch.long)]
+            except Exception as exc:  # noqa: BLE001 - an unreadable cache is skipped, not fatal
+                log.warning("cannot read teacher cache %s (%s); skipping it", path, exc)
+                continue
+            if emb.shape[0] == len(keys) and bool(torch.isfinite(emb).all()):
+                log.info("teacher embeddings of %d samples taken from %s", len(keys), path)
+                return emb
+        return None
+
+    @staticmethod
     def write_cache(path: Path, embeddings: Tensor, teacher_id: str, keys: list[str], keys_hash: str) -> None:
         from safetensors.torch import save_file
 
@@ -228,15 +260,22 @@ class DistillTargets:
         if cfg.distill.cache and (str(cfg.distill.cache).endswith(("/", os.sep)) or Path(cfg.distill.cache).is_dir()):
             # a folder: one file per dataset, so runs on different data (federated sites,
             # experiment arms) share the folder without overwriting each other's targets
-            cache = Path(cfg.distill.cache) / f"teacher_{khash[:16]}.safetensors"
+            folder: Path | None = Path(cfg.distill.cache)
+            cache = folder / f"teacher_{khash[:16]}.safetensors"
         elif cfg.distill.cache:
-            cache = Path(cfg.distill.cache)
+            folder, cache = None, Path(cfg.distill.cache)
         elif run_dir is not None:
-            cache = run_dir / "teacher_embeddings.safetensors"
+            folder, cache = None, run_dir / "teacher_embeddings.safetensors"
         else:
-            cache = None
+            folder, cache = None, None
         tid = teacher_identity(teacher)
         emb = cls.read_cache(cache, tid, khash, n) if cache is not None else None
+        if emb is None and folder is not None and cache is not None:
+            # a folder cache: a federated site's images are a subset of what the data owner
+            # may already have embedded centrally; take their rows instead of re-running the teacher
+            emb = cls.read_covering_cache(folder, tid, keys)
+            if emb is not None and env.is_main:
+                cls.write_cache(cache, emb, tid, keys, khash)
         if emb is None:
             shard = list(range(env.rank, n, env.world_size))
             idx, part = compute_teacher_embeddings(teacher, dataset, device, indices=shard, batch_size=cfg.distill.batch_size,

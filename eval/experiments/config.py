@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-#: how a model row is trained
-MODES = ("scratch", "distill", "fedavg", "pfm")
+#: how a model row is trained: central (margin loss / distillation) or a Flower simulation
+#: (FedAvg / PFM), each federated one also with distillation at the sites
+MODES = ("scratch", "distill", "fedavg", "pfm", "fedavg_distill", "pfm_distill")
 
 
 class ExperimentConfigError(ValueError):
@@ -32,7 +33,9 @@ class ModelSpec:
     #: frontend config (``facepriv.frontends.build_frontend``)
     frontend: dict[str, Any]
     #: "scratch" (margin loss only), "distill" (teacher embeddings + margin loss),
-    #: "fedavg" / "pfm" (Flower simulation over identity-disjoint sites, margin loss)
+    #: "fedavg" / "pfm" (Flower simulation over identity-disjoint sites, margin loss),
+    #: "fedavg_distill" / "pfm_distill" (the same, each site distilling from the teacher's
+    #: embeddings of its own images)
     mode: str = "scratch"
 
     def __post_init__(self) -> None:
@@ -42,6 +45,17 @@ class ModelSpec:
             raise ExperimentConfigError(f"model {self.name!r}: frontend must be a mapping with a 'name'")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ExperimentConfigError(f"model name {self.name!r} must be a plain folder name")
+
+    @property
+    def strategy(self) -> str | None:
+        """The federated strategy ("fedavg" / "pfm"), None for a central row."""
+        base = self.mode.removesuffix("_distill")
+        return base if base in ("fedavg", "pfm") else None
+
+    @property
+    def distilled(self) -> bool:
+        """Whether the row learns from the teacher's embeddings."""
+        return self.mode == "distill" or self.mode.endswith("_distill")
 
 
 @dataclass

@@ -9,8 +9,9 @@ checkpoint, attack decoders from theirs):
                  pretrained RGB recogniser scores, the ceiling for distilled students.
 3. ``train``     every configured model with the same backbone, data and schedule:
                  ``scratch`` and ``distill`` rows with ``training.Trainer``; ``fedavg`` and
-                 ``pfm`` rows with the Flower simulation over identity-disjoint sites
-                 (``rounds x local_steps x clients`` = the central step count).
+                 ``pfm`` rows (``*_distill``: each site distils from the teacher) with the
+                 Flower simulation over identity-disjoint sites (``rounds x local_steps x
+                 clients`` = the central step count). A row may be added to a folder later.
 4. ``verify``    ``eval.verify`` on the 3,000 test pairs, repeated for stochastic frontends.
 5. ``attack``    ``eval.attacks.run_attacks`` against every model's frontend (victims never
                  trained on, attacker data disjoint from them), dlib judge. An attack sees only
@@ -85,7 +86,7 @@ def _read_json(path: Path) -> Any | None:
 
 
 def train_config(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
-    """The TrainConfig (dict) of one central row: the shared one plus frontend / distillation."""
+    """The TrainConfig (dict) of one row: the shared one plus frontend / distillation."""
     tc = copy.deepcopy(cfg.train)
     tc["name"] = spec.name
     tc["seed"] = cfg.seed
@@ -94,8 +95,9 @@ def train_config(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: P
     tc["data"].update({"format": "folder", "path": layout.train})
     tc["frontend"] = _with_shared_secrets(cfg, spec.frontend)
     tc["eval"] = {"every_steps": 0, "sets": []}  # the experiment verifies with eval.verify afterwards
-    if spec.mode == "distill":
+    if spec.distilled:
         # one cache folder for every distilled row: the teacher embeds the training images once
+        # (federated sites take their share of those rows, see training.distill)
         tc["distill"] = {"enabled": True, "teacher": cfg.teacher, "cache": str(out / "teacher") + os.sep, **cfg.distill}
     return tc
 
@@ -168,7 +170,7 @@ def train_federated(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out
     if done is not None and (run_dir / "model.pt").is_file():
         return done
     fed = cfg.federated
-    tc = train_config(cfg, ModelSpec(spec.name, spec.frontend, "scratch"), layout, out)
+    tc = train_config(cfg, spec, layout, out)
     sched = tc.setdefault("schedule", {})
     central_steps = int(sched.get("max_steps") or 0)
     if central_steps <= 0:
@@ -181,7 +183,7 @@ def train_federated(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out
     tc.setdefault("checkpoint", {})["every_steps"] = 0
     tc.setdefault("logging", {})["progress"] = False
     settings = FedSettings(
-        train_config=tc, out=str(run_dir), strategy=spec.mode, rounds=fed.rounds, local_steps=local_steps,
+        train_config=tc, out=str(run_dir), strategy=spec.strategy, rounds=fed.rounds, local_steps=local_steps,
         min_train_nodes=fed.clients, min_available_nodes=fed.clients, server_momentum=fed.server_momentum,
         data={"format": "folder", "path": layout.train, "held_out": [], "seed": cfg.seed, "num_partitions": fed.clients},
         eval_data=None, resume=True, seed=cfg.seed)
@@ -392,7 +394,7 @@ def run_experiment(cfg: ExperimentConfig, data_root: str | os.PathLike[str], out
         model_file = out / "models" / spec.name / "model.pt"
         if "train" in stages:
             print(f"[experiment] train {spec.name} ({spec.mode}, frontend {spec.frontend['name']})", flush=True)
-            fn = train_federated if spec.mode in ("fedavg", "pfm") else train_central
+            fn = train_federated if spec.strategy else train_central
             timed(f"train/{spec.name}", fn, cfg, spec, layout, out)
         if "verify" in stages and model_file.is_file():
             print(f"[experiment] verify {spec.name}", flush=True)
@@ -434,18 +436,23 @@ def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
     """A folder holds one experiment: continuing with a different config would mix numbers.
 
     Only the numeric part is compared: resuming on a machine with more cores may change
-    ``threads`` or ``federated.num_cpus``. The folder keeps the config it was started with.
+    ``threads`` or ``federated.num_cpus``. Rows may be *added* (a new arm for a finished
+    experiment); every row the folder already has must be unchanged.
     """
     path = out / "experiment_config.json"
     mine = cfg.to_dict()
     old = _read_json(path)
     if old is not None:
         before, now = _numeric_part(old), _numeric_part(mine)
-        if before != now:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        old_rows = {m["name"]: m for m in before.pop("models", [])}
+        new_rows = {m["name"]: m for m in now.pop("models", [])}
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        changed += [f"models/{n}" for n in old_rows if new_rows.get(n) != old_rows[n]]
+        if changed:
             raise ExperimentConfigError(f"{out} was started with a different config (differs in {changed}); "
                                         "use a fresh --out folder")
-        return
+        if set(new_rows) == set(old_rows):
+            return
     _write_json(path, mine)
     import yaml
 

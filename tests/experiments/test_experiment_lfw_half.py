@@ -86,6 +86,9 @@ def test_config_validation():
     assert load_config("cpu", ["eval.repetitions=5"]).eval.repetitions == 5
     with pytest.raises(ExperimentConfigError, match="mode"):
         config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}, "mode": "bogus"}]))
+    modes = ["scratch", "distill", "fedavg", "pfm_distill"]
+    specs = config_from_dict(_tiny_config([{"name": m, "frontend": {"name": "rgb"}, "mode": m} for m in modes])).models
+    assert [(m.strategy, m.distilled) for m in specs] == [(None, False), (None, True), ("fedavg", False), ("pfm", True)]
     with pytest.raises(ExperimentConfigError, match="unique"):
         config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}] * 2))
     with pytest.raises(ExperimentConfigError, match="unknown key"):
@@ -132,6 +135,14 @@ def test_federated_rows_get_the_central_step_budget(data_root, tmp_path, monkeyp
     assert settings.train_config["schedule"]["max_steps"] == 8  # each site's schedule spans its own 8 steps
     assert settings.data["num_partitions"] == 2 and settings.data["path"] == layout.train
     assert (tmp_path / "models" / "pf_pfm" / "model.pt").is_file()
+    assert not settings.train_config.get("distill", {}).get("enabled")
+    # a distilled federated row: same strategy and budget, each site distils from the shared teacher cache
+    cfg.models[0] = type(cfg.models[0])("pf_pfm_distill", {"name": "partialface"}, "pfm_distill")
+    train_federated(cfg, cfg.models[0], layout, tmp_path)
+    settings = fake.calls[1]
+    assert settings.strategy == "pfm" and settings.local_steps == 4
+    assert settings.train_config["distill"]["enabled"] and settings.train_config["distill"]["teacher"] == "dlib"
+    assert settings.train_config["distill"]["cache"].startswith(str(tmp_path / "teacher"))
     # a round in which a site failed would give the row less compute: refused, not reported
     monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation(accept_all=False))
     with pytest.raises(RuntimeError, match="accepted 1 of 2 site updates"):
@@ -237,3 +248,11 @@ def test_continuing_may_change_execution_settings_only(tmp_path):
                                      "federated": {"clients": 2, "rounds": 3}})
     with pytest.raises(ExperimentConfigError, match=r"differs in \['federated'\]"):
         _check_same_config(other_rounds, tmp_path)
+    # a new row may join a folder; an existing row may not change or disappear
+    rows = [{"name": "x", "frontend": {"name": "rgb"}}, {"name": "y", "mode": "pfm_distill", "frontend": {"name": "dct"}}]
+    _check_same_config(config_from_dict(_tiny_config(rows)), tmp_path)
+    assert [m["name"] for m in json.loads((tmp_path / "experiment_config.json").read_text())["models"]] == ["x", "y"]
+    with pytest.raises(ExperimentConfigError, match=r"models/x"):
+        _check_same_config(config_from_dict(_tiny_config([{**rows[0], "mode": "distill"}, rows[1]])), tmp_path)
+    with pytest.raises(ExperimentConfigError, match=r"models/x"):
+        _check_same_config(config_from_dict(_tiny_config(rows[1:])), tmp_path)

@@ -118,3 +118,47 @@ def test_dlib_teacher_resolves_from_its_config_string() -> None:
     emb = teacher(torch.rand(2, 3, 112, 112))
     assert emb.shape == (2, 128) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
     assert teacher_identity(teacher).startswith("judge:") and "dlib" in teacher_identity(teacher)
+
+
+class _Files(torch.utils.data.Dataset):
+    """Items ``(uint8 image, label, index)`` named by fake file paths (``samples``), the
+    interface distillation caches key on."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.samples = [(n, i) for i, n in enumerate(names)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(int(self.samples[i][0].split("_")[-1]))
+        return torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8), i, i
+
+
+def test_a_cache_folder_serves_a_subset_from_a_covering_cache(tmp_path: Path, tiny_config) -> None:
+    """A federated site's share of images that the data owner already embedded centrally
+    gets its rows from the central cache (no teacher call), in the site's own order; a key
+    list that no longer matches its cache's hash is not trusted."""
+    from training.distributed import DistEnv
+
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = tiny_config(distill={"enabled": True, "cache": str(tmp_path / "teacher") + "/", "center": False})
+    teacher = ToyTeacher()
+    names = [f"id{i // 3}/img_{i}" for i in range(12)]
+    full = DistillTargets.prepare(cfg, _Files(names), teacher=teacher, run_dir=None, env=env, device=torch.device("cpu"))
+    calls = teacher.calls
+    site_names = [names[i] for i in (9, 4, 5, 0)]
+    site = DistillTargets.prepare(cfg, _Files(site_names), teacher=teacher, run_dir=None, env=env,
+                                  device=torch.device("cpu"))
+    assert teacher.calls == calls
+    assert torch.equal(site.embeddings, full.embeddings[[9, 4, 5, 0]])
+    assert len(list((tmp_path / "teacher").glob("teacher_*.safetensors"))) == 2  # the site's own file, for next time
+    # a key outside every cache: the teacher runs
+    DistillTargets.prepare(cfg, _Files(site_names[:2] + ["id9/img_99"]), teacher=teacher, run_dir=None, env=env,
+                           device=torch.device("cpu"))
+    assert teacher.calls > calls
+    # a tampered key list (order swapped) no longer matches its hash: skipped
+    for keys_file in (tmp_path / "teacher").glob("*.keys.txt"):
+        lines = keys_file.read_text().splitlines()
+        keys_file.write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n")
+    assert DistillTargets.read_covering_cache(tmp_path / "teacher", teacher.teacher_id, site_names) is None
