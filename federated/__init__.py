@@ -18,6 +18,7 @@ _EXPORTS = {
     "shared_keys": "federated.arrays",
     "shared_state": "federated.arrays",
     "load_shared_state": "federated.arrays",
+    "load_frontend_buffers": "federated.arrays",
     "screen_update": "federated.arrays",
     "weighted_average": "federated.arrays",
     "install_momentum": "federated.momentum",

@@ -59,13 +59,31 @@ def load_shared_state(model: nn.Module, arrays: Mapping[str, np.ndarray | torch.
     extra = [k for k in arrays if k not in set(expected)]
     if missing or extra:
         raise KeyError(f"global model arrays do not match this site's model: missing {missing[:5]}, unexpected {extra[:5]}")
-    state = model.state_dict()
+    _copy_checked(model.state_dict(), arrays, expected, "array")
+
+
+def load_frontend_buffers(frontend: nn.Module, saved: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """Copy a site's saved frontend buffers (secrets, site calibration) back into ``frontend``.
+
+    Names and shapes must match: a site state written for another frontend config is an
+    error naming the buffers, not a silent partial load.
+    """
+    own = dict(frontend.named_buffers())
+    if set(saved) != set(own):
+        raise ValueError(f"site state: frontend buffers {sorted(saved)} do not match this run's frontend {sorted(own)}")
+    _copy_checked(own, saved, list(own), "site state: frontend buffer")
+
+
+def _copy_checked(dst: Mapping[str, torch.Tensor], src: Mapping[str, np.ndarray | torch.Tensor], keys: Sequence[str],
+                  what: str) -> None:
+    """``dst[k] <- src[k]`` for ``keys`` in place, cast to the destination dtype, shapes checked."""
     with torch.no_grad():
-        for k in expected:
-            src = torch.as_tensor(np.asarray(arrays[k])) if not isinstance(arrays[k], torch.Tensor) else arrays[k]
-            if tuple(src.shape) != tuple(state[k].shape):
-                raise ValueError(f"array {k!r}: received shape {tuple(src.shape)}, this site's model has {tuple(state[k].shape)}")
-            state[k].copy_(src.to(state[k].dtype))
+        for k in keys:
+            value = src[k] if isinstance(src[k], torch.Tensor) else torch.as_tensor(np.asarray(src[k]))
+            if tuple(value.shape) != tuple(dst[k].shape):
+                raise ValueError(f"{what} {k!r}: received shape {tuple(value.shape)}, this site's model has "
+                                 f"{tuple(dst[k].shape)}")
+            dst[k].copy_(value.to(dst[k].dtype))
 
 
 def is_float_array(a: np.ndarray) -> bool:

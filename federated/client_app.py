@@ -32,7 +32,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .arrays import load_shared_state, shared_keys, shared_state
+from .arrays import load_frontend_buffers, load_shared_state, shared_keys, shared_state
 from .momentum import group_lrs, install_momentum, shared_parameters
 from .fv import CANDIDATE_PREFIX, EXAMPLES_KEY, FV_ACTION, FV_VAL_KEY, SCORES_KEY, separation_score
 from .site import (HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, site_validation_images,
@@ -47,12 +47,12 @@ def _config(msg: Message) -> dict[str, Any]:
 
 
 def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], context: Context,
-                       arrays: dict[str, Any], *, val_identities: int = 0,
-                       frontend_buffers: dict[str, torch.Tensor] | None = None) -> tuple[Any, int]:
+                       arrays: dict[str, Any], *, val_identities: int = 0) -> tuple[Any, int]:
     """A Trainer on this site's data whose recognizer holds the received global arrays
-    (``val_identities``: identities held out for federated validation, never trained on;
-    ``frontend_buffers``: this site's frontend state from an earlier round, so a frontend
-    calibrated on the site's data, e.g. DCTDP ``clip: calibrated``, is not calibrated again)."""
+    (``val_identities``: identities held out for federated validation, never trained on),
+    continuing this site's state from earlier rounds: head, optimiser, schedule, data order,
+    RNG, accountant, and the frontend's buffers, so a frontend calibrated on the site's data
+    (DCTDP ``clip: calibrated``) is not calibrated again."""
     from facepriv.frontends import build_frontend
     from training.components import build_recognizer
     from training.config import config_from_dict
@@ -69,25 +69,17 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     cfg.data.num_workers = 0
     recognizer = build_recognizer(cfg, build_frontend(dict(cfg.frontend)))
     load_shared_state(recognizer, arrays)  # before Trainer: a calibrated input norm is not re-calibrated
-    if frontend_buffers:
-        load_frontend_buffers(recognizer.frontend, frontend_buffers)  # likewise the site's frontend calibration
+    state = _site_state(context)
+    if state and state.get("frontend_buffers"):
+        load_frontend_buffers(recognizer.frontend, state["frontend_buffers"])  # likewise the site's frontend calibration
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device(cfg.device if cfg.device != "auto" else "cpu"))
     trainer = Trainer(cfg, dataset=dataset, recognizer=recognizer, dist_env=env)
+    try:
+        _restore(trainer, state)
+    except BaseException:
+        trainer.close()
+        raise
     return trainer, site
-
-
-def load_frontend_buffers(frontend: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Copy a site's saved frontend buffers back (names and shapes must match this frontend:
-    a state file from another frontend config is an error, not a silent partial load)."""
-    own = dict(frontend.named_buffers())
-    if set(saved) != set(own):
-        raise ValueError(f"site state: frontend buffers {sorted(saved)} do not match this run's frontend {sorted(own)}")
-    with torch.no_grad():
-        for name, buf in own.items():
-            src = torch.as_tensor(saved[name])
-            if tuple(src.shape) != tuple(buf.shape):
-                raise ValueError(f"site state: frontend buffer {name!r} has shape {tuple(src.shape)}, expected {tuple(buf.shape)}")
-            buf.copy_(src.to(buf.dtype))
 
 
 def _site_state(context: Context) -> dict[str, Any] | None:
@@ -137,12 +129,9 @@ def train_round(msg: Message, context: Context) -> RecordDict:
     strategy = str(conf.get("strategy", "fedavg"))
     arrays = record_to_numpy(msg.content["arrays"])
     t0 = time.perf_counter()
-    state = _site_state(context)
     trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays,
-                                       val_identities=int(conf.get(FV_VAL_KEY, 0)),
-                                       frontend_buffers=(state or {}).get("frontend_buffers"))
+                                       val_identities=int(conf.get(FV_VAL_KEY, 0)))
     try:
-        _restore(trainer, state)
         params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
         momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if (strategy == "pfm" and MOMENTUM_KEY in msg.content) else None
         install_momentum(trainer.optimizer, params, momentum)
@@ -184,12 +173,9 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
     cfg_dict = json.loads(str(conf.get("train-config", "{}"))) if "train-config" in conf else None
     if cfg_dict is None:
         raise ValueError("evaluate message carries no train-config")
-    state = _site_state(context)
     trainer, site = build_site_trainer(cfg_dict, json.loads(str(conf.get("data", "{}"))), context,
-                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)),
-                                       frontend_buffers=(state or {}).get("frontend_buffers"))
+                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)))
     try:
-        _restore(trainer, state)
         batches = int(conf.get("eval-batches", 2))
         total, n = 0.0, 0
         trainer.recognizer.eval()

@@ -15,7 +15,6 @@ from facepriv.data.verification import ArrayImageSource, VerificationSet
 SIZE = 16
 
 
-
 def _set() -> VerificationSet:
     import cv2
 

@@ -30,7 +30,6 @@ SIZE = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-
 def _faces(n_ids: int, per_id: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, list[int]]:
     """Synthetic faces (rendered at 32x32, the renderer's minimum) shrunk to ``size``."""
     faces = SyntheticFaces(n_ids, per_id, seed=seed, image_size=32)
