@@ -1,4 +1,4 @@
-"""`facepriv bench <name>`: dispatch to the benchmark modules in ``eval.benchmarks``."""
+"""`facepriv bench <name>`: dispatch to the benchmark modules in ``facepriv.eval.benchmarks``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 BENCHMARKS = {
-    "frontends": ("eval.benchmarks.frontends", "images/s of each frontend vs the naive DCT path and the memory write bound"),
-    "metrics": ("eval.benchmarks.metrics", "TPR@FPR on 10M/100M scores vs sklearn.metrics.roc_curve"),
-    "train": ("eval.benchmarks.train", "training throughput of IResNet-18 with RGB vs PartialFace vs DCTDP"),
-    "fed": ("eval.benchmarks.fed", "central vs FedAvg vs PFM accuracy and federated round overhead"),
+    "frontends": ("facepriv.eval.benchmarks.frontends", "images/s of each frontend vs the naive DCT path and the memory write bound"),
+    "metrics": ("facepriv.eval.benchmarks.metrics", "TPR@FPR on 10M/100M scores vs sklearn.metrics.roc_curve"),
+    "train": ("facepriv.eval.benchmarks.train", "training throughput of IResNet-18 with RGB vs PartialFace vs DCTDP"),
+    "fed": ("facepriv.eval.benchmarks.fed", "central vs FedAvg vs PFM accuracy and federated round overhead"),
 }
 
 

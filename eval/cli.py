@@ -149,8 +149,8 @@ def _run_subsets(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from eval.subsets import subset_invariance
-    from eval.verify import load_set, parse_set_spec
+    from facepriv.eval.subsets import subset_invariance
+    from facepriv.eval.verify import load_set, parse_set_spec
     from facepriv.models import FaceRecognizer
 
     name, spec_text = args.set
@@ -172,8 +172,8 @@ def _run_subsets(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace, prog: str) -> int:
-    from eval.report import summary_markdown, write_report
-    from eval.verify import parse_set_spec, verify
+    from facepriv.eval.report import summary_markdown, write_report
+    from facepriv.eval.verify import parse_set_spec, verify
 
     sets: dict[str, Any] = {}
     for name, spec_text in args.sets:

@@ -1,17 +1,17 @@
 """Verification reports: ``metrics.json``, ``summary.md`` and one ROC PNG per set.
 
-Everything here works from the *results dict* that :func:`eval.verify.verify` returns (or
+Everything here works from the *results dict* that :func:`facepriv.eval.verify.verify` returns (or
 that was read back from a ``metrics.json``), so the training quickstart and the results
 script can produce the same report without re-running inference::
 
-    from eval.report import write_report
+    from facepriv.eval.report import write_report
     paths = write_report(verify([...], {...}), "runs/eval")
 
 The table has one row per checkpoint x set. A value with ``±`` is the mean ± sample std over
 the repetitions of the frontend randomness (only shown when there was more than one);
 accuracy additionally has its k-fold std (LFW convention) in its own column. ``n/m`` marks
 an FPR target that is *not measurable* on the set (fewer than ``1/FPR`` impostor pairs;
-see :mod:`eval.metrics`).
+see :mod:`facepriv.verification.metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.plots import plot_roc
+from facepriv.verification.plots import plot_roc
 
 __all__ = ["SUMMARY_FPRS", "load_results", "plot_set_rocs", "summary_markdown", "summary_rows", "write_metrics_json", "write_report"]
 

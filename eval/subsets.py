@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval.metrics import verification_report
-from eval.protocols import pair_scores
+from facepriv.verification.metrics import verification_report
+from facepriv.verification.protocols import pair_scores
 
 
 @torch.no_grad()

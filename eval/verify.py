@@ -1,10 +1,10 @@
 """``verify``: checkpoints x verification sets -> metrics, through the deployed inference path.
 
-For every checkpoint and every set, :mod:`eval.protocols` protects and embeds each image as
+For every checkpoint and every set, :mod:`facepriv.verification.protocols` protects and embeds each image as
 its own query (``R`` repetitions of the frontend randomness), pairs are scored by cosine
-similarity, and :func:`eval.metrics.verification_report` computes every metric once per
+similarity, and :func:`facepriv.verification.metrics.verification_report` computes every metric once per
 repetition. This module then summarises the repetitions (mean and sample std) and builds
-a ROC curve (mean TPR over repetitions on a log-FPR grid) that :mod:`eval.report` plots
+a ROC curve (mean TPR over repetitions on a log-FPR grid) that :mod:`facepriv.eval.report` plots
 without needing the scores again.
 
 A set is named by a *spec*: ``path/to/lfw.bin`` (insightface format) or
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.metrics import DEFAULT_FPR_TARGETS, ScoreSet, verification_report
-from eval.plots import roc_plot_points
-from eval.protocols import EvalInputError, embed_protected_set, score_pairs
+from facepriv.verification.metrics import DEFAULT_FPR_TARGETS, ScoreSet, verification_report
+from facepriv.verification.plots import roc_plot_points
+from facepriv.verification.protocols import EvalInputError, embed_protected_set, score_pairs
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 RESULTS_FORMAT = "facepriv.eval.verify/1"
-#: FPR range of the stored ROC curves (same as eval.plots' default axis)
+#: FPR range of the stored ROC curves (same as facepriv.verification.plots' default axis)
 ROC_RANGE = (1e-6, 1.0)
 ROC_POINTS = 200
 
@@ -320,7 +320,7 @@ def _set_counts(vset: Any) -> dict[str, int]:
 
 def _preflight(ckpts: Sequence[str], vsets: Mapping[str, Any], device: torch.device) -> None:
     """Load each checkpoint and check its input size against each set's first image."""
-    from eval.protocols import check_image_size
+    from facepriv.verification.protocols import check_image_size
 
     first: dict[str, tuple[str, np.ndarray]] = {}
     for n, v in vsets.items():
@@ -352,7 +352,7 @@ def result_from_scores(
 
     This is what :func:`verify` builds for each checkpoint and set, exposed so that code
     that already has scores (the training quickstart, a results script) produces entries
-    :func:`eval.report.write_report` understands. ``folds``: per-pair fold ids, an int, or
+    :func:`facepriv.eval.report.write_report` understands. ``folds``: per-pair fold ids, an int, or
     None (10 consecutive folds).
     """
     if len(scores) < 1:

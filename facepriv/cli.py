@@ -20,17 +20,17 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "quickstart": Command("training.quickstart", "end-to-end demo on synthetic faces: train RGB and protected models, evaluate, report"),
+    "quickstart": Command("facepriv.training.quickstart", "end-to-end demo on synthetic faces: train RGB and protected models, evaluate, report"),
     "frontends": Command("facepriv.frontends.cli", "list the privacy frontends and show a frontend's config and privacy report"),
     "protect": Command("facepriv.frontends.protect", "client-side step: turn a folder of aligned faces into protected tensors"),
     "export": Command("facepriv.frontends.export", "export a frontend to TorchScript or ONNX for devices"),
     "data": Command("facepriv.data.cli", "datasets: align faces, generate synthetic identities, pack/inspect RecordIO"),
-    "train": Command("training.cli", "train a recognition model from a YAML config (single process or torchrun/DDP)"),
-    "eval": Command("eval.cli", "evaluate checkpoints: verification TPR@FPR, accuracy, ROC plots"),
-    "attack": Command("eval.attacks.cli", "run reconstruction attacks against a frontend and judge identity leakage"),
-    "fed": Command("federated.cli", "federated training with Flower: simulate, or run a deployed app"),
-    "experiment": Command("eval.experiments.cli", "reproducible experiments on real data: the LFW-half privacy/accuracy table"),
-    "bench": Command("eval.bench", "benchmarks: frontends, training throughput, metrics, federated overhead"),
+    "train": Command("facepriv.training.cli", "train a recognition model from a YAML config (single process or torchrun/DDP)"),
+    "eval": Command("facepriv.eval.cli", "evaluate checkpoints: verification TPR@FPR, accuracy, ROC plots"),
+    "attack": Command("facepriv.eval.attacks.cli", "run reconstruction attacks against a frontend and judge identity leakage"),
+    "fed": Command("facepriv.federated.cli", "federated training with Flower: simulate, or run a deployed app"),
+    "experiment": Command("facepriv.eval.experiments.cli", "reproducible experiments on real data: the LFW-half privacy/accuracy table"),
+    "bench": Command("facepriv.eval.bench", "benchmarks: frontends, training throughput, metrics, federated overhead"),
 }
 
 

@@ -1,6 +1,6 @@
 """Lazy re-exports for package ``__init__`` modules (PEP 562 ``__getattr__`` / ``__dir__``).
 
-Why: ``import facepriv`` / ``import training`` / ``import federated`` / ``import eval`` must stay
+Why: ``import facepriv`` and its ``training`` / ``federated`` / ``eval`` subpackages must stay
 cheap. The ``facepriv`` CLI imports them to dispatch and to print ``--help``, and none of them
 may pull in torch-heavy or optional dependencies (flwr, opacus, insightface, dlib,
 onnxruntime, sklearn) before a name that needs them is actually used. Each package declares
@@ -28,13 +28,13 @@ def lazy_exports(
 
     Usage in a package ``__init__``::
 
-        _EXPORTS = {"Trainer": "training.trainer", ...}
+        _EXPORTS = {"Trainer": "facepriv.training.trainer", ...}
         __all__ = sorted(_EXPORTS)
         __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
     Nothing is cached in the package namespace: a resolved name costs a dict lookup and a
     ``sys.modules`` hit per access, and the import system keeps sole ownership of submodule
-    attributes (an export named like a submodule, e.g. ``federated.simulate``, must not
+    attributes (an export named like a submodule, e.g. ``facepriv.federated.simulate``, must not
     replace the module object that ``import pkg.sub as m`` reads). Failures are loud and
     name the culprit: an ``AttributeError`` raised *while importing* the defining module is
     re-raised as ``ImportError`` (otherwise ``hasattr(pkg, name)`` would quietly answer

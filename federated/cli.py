@@ -78,7 +78,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_settings(args: argparse.Namespace) -> Any:
-    from training.config import apply_overrides, config_to_dict, load_config
+    from facepriv.training.config import apply_overrides, config_to_dict, load_config
 
     from .server_app import FedSettings
 

@@ -11,7 +11,7 @@ One train message = one round at this site::
 
 With federated validation on, a ``query.fv`` message carries K candidate global models;
 ``validate_round`` embeds this site's held-out validation identities with each and replies
-K scalar scores (``federated.fv.separation_score``) and the number of images: no image,
+K scalar scores (``facepriv.federated.fv.separation_score``) and the number of images: no image,
 embedding or array leaves the site.
 
 The head (``Trainer.head``) is never put into a reply; it lives in ``Context.state`` (and
@@ -54,11 +54,11 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     RNG, accountant, and the frontend's buffers, so a frontend calibrated on the site's data
     (DCTDP ``clip: calibrated``) is not calibrated again."""
     from facepriv.frontends import build_frontend
-    from training.components import build_recognizer
-    from training.config import config_from_dict
-    from training.distributed import DistEnv
-    from training.rng import derive_seed
-    from training.trainer import Trainer
+    from facepriv.training.components import build_recognizer
+    from facepriv.training.config import config_from_dict
+    from facepriv.training.distributed import DistEnv
+    from facepriv.training.rng import derive_seed
+    from facepriv.training.trainer import Trainer
 
     cfg = config_from_dict(cfg_dict)
     dataset, site = site_dataset(data_spec, context.node_config, cfg.data.image_size, val_identities=val_identities)
@@ -90,7 +90,7 @@ def _site_state(context: Context) -> dict[str, Any] | None:
 
 
 def _restore(trainer: Any, state: dict[str, Any] | None) -> None:
-    from training.rng import restore_rng_state
+    from facepriv.training.rng import restore_rng_state
 
     if state is None:
         return
@@ -104,7 +104,7 @@ def _restore(trainer: Any, state: dict[str, Any] | None) -> None:
 
 
 def _persist(trainer: Any, context: Context) -> None:
-    from training.rng import capture_rng_state
+    from facepriv.training.rng import capture_rng_state
 
     state = {
         "head": trainer.head.state_dict(),
@@ -182,7 +182,7 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
         with torch.no_grad():
             for _ in range(batches):
                 b = trainer.next_batch()
-                from training.batches import as_batch, images_to_float
+                from facepriv.training.batches import as_batch, images_to_float
 
                 bb = as_batch(b)
                 if bb.labels.numel() == 0:
@@ -205,10 +205,10 @@ def validate_round(msg: Message, context: Context) -> RecordDict:
     disturbs nor depends on the site's training randomness.
     """
     from facepriv.frontends import build_frontend
-    from training.batches import images_to_float
-    from training.components import build_recognizer
-    from training.config import config_from_dict
-    from training.rng import derive_seed
+    from facepriv.training.batches import images_to_float
+    from facepriv.training.components import build_recognizer
+    from facepriv.training.config import config_from_dict
+    from facepriv.training.rng import derive_seed
 
     conf = _config(msg)
     if "train-config" not in conf:
@@ -265,7 +265,7 @@ def make_client_app(*, client_dp: bool = False) -> ClientApp:
     return app
 
 
-#: Deployment entry points (``federated/app/pyproject.toml``: clientapp = "federated.client_app:app").
+#: Deployment entry points (``federated/app/pyproject.toml``: clientapp = "facepriv.federated.client_app:app").
 #: ``app_dp`` adds fixedclipping_mod; use it when the server runs with client-level DP
 #: (the mod and the server wrapper must be switched on together).
 app = make_client_app()

@@ -10,15 +10,15 @@ FedFace's FV lets the sites *choose* the weighting on data nobody trains on:
    around the sample-count weights) and builds the K candidate global models, *including*
    the strategy's server step (FedAvgM's server momentum; PFM's model is the average);
 2. every site that contributed an accepted update scores each candidate on its private
-   *validation identities* (held out of its training data, ``federated.site``) and replies
+   *validation identities* (held out of its training data, ``facepriv.federated.site``) and replies
    K scalars only (``separation_score``);
 3. the server keeps the candidate with the best aggregate score (``combine_scores``:
    validation-image-weighted mean over the sites that replied with K finite scores) and only
    then commits the strategy state implied by that candidate (FedAvgM velocity, PFM
    momentum), so the momentum always describes the step that was actually taken.
 
-This module is pure numpy/torch (no Flower): the strategy (``federated.strategies``) does
-the messaging and the client (``federated.client_app``) the embedding.
+This module is pure numpy/torch (no Flower): the strategy (``facepriv.federated.strategies``) does
+the messaging and the client (``facepriv.federated.client_app``) the embedding.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ def build_global_model(settings: FedSettings) -> tuple[torch.nn.Module, dict[str
     """The server's FaceRecognizer and the train config sent to sites (frontend as built,
     so every site builds the same frontend, secrets included)."""
     from facepriv.frontends import build_frontend
-    from training.components import build_recognizer, frontend_config
-    from training.config import config_from_dict, config_to_dict
+    from facepriv.training.components import build_recognizer, frontend_config
+    from facepriv.training.config import config_from_dict, config_to_dict
 
     cfg = config_from_dict(settings.train_config)
     torch.manual_seed(settings.seed)
@@ -105,7 +105,7 @@ def build_global_model(settings: FedSettings) -> tuple[torch.nn.Module, dict[str
 
 class HeldOutVerifier:
     """Verification of the global model on identities no site trains on: all genuine and
-    impostor pairs of a small held-out set, TPR@FPR / AUC / EER via eval.metrics."""
+    impostor pairs of a small held-out set, TPR@FPR / AUC / EER via facepriv.verification.metrics."""
 
     def __init__(self, spec: dict[str, Any], image_size: int) -> None:
         fmt = spec.get("format", "synthetic")
@@ -129,7 +129,7 @@ class HeldOutVerifier:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
-        from eval.metrics import verification_report
+        from facepriv.verification.metrics import verification_report
 
         model.eval()
         emb = model.embed(self.images) if hasattr(model, "embed") else model(self.images)
@@ -319,7 +319,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSetting
             if value is not None:
                 series.setdefault(key, {})[int(row["round"])] = float(value)
     if series:
-        from eval.plots import plot_metric_curves
+        from facepriv.verification.plots import plot_metric_curves
 
         plot_metric_curves(series, out / "verification.png", xlabel="round", ylabel="metric",
                            title=f"federated {settings.strategy}")
@@ -346,7 +346,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> FedSettings:
     if run_config.get("settings-file"):
         data = json.loads(Path(str(run_config["settings-file"])).read_text())
     if run_config.get("train-config-yaml"):
-        from training.config import config_to_dict, load_config
+        from facepriv.training.config import config_to_dict, load_config
 
         data["train_config"] = config_to_dict(load_config(str(run_config["train-config-yaml"])))
     for key in ("strategy", "rounds", "local-steps", "min-train-nodes", "min-available-nodes", "min-train-replies",

@@ -6,7 +6,7 @@ Flower gives every virtual node ``partition-id`` / ``num-partitions`` and the ru
 decides which identities it owns (synthetic identities, or a shared folder split with
 ``facepriv.data.partition_identities`` — disjoint label spaces, as at real sites).
 
-Validation identities: with federated validation on (``fv_candidates > 0``, ``federated.fv``)
+Validation identities: with federated validation on (``fv_candidates > 0``, ``facepriv.federated.fv``)
 each site holds ``val_identities`` of its identities out of training; they are only ever
 embedded to score candidate global models. The split is a deterministic function of the
 site's identity list and the data seed, so every round and every restart uses the same one.

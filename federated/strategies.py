@@ -4,7 +4,7 @@ All three subclass Flower's Message-API ``flwr.serverapp.strategy.FedAvg`` and s
 ``aggregate_train`` (``RobustFedAvg``) that
 
 * drops replies that carry an error (client crashed, timed out, ran out of memory),
-* screens every other reply with ``federated.arrays.screen_update`` (NaN/inf, absurd norm,
+* screens every other reply with ``facepriv.federated.arrays.screen_update`` (NaN/inf, absurd norm,
   wrong keys/shapes) and logs + excludes the bad ones: they are never averaged in,
 * keeps the previous global model when fewer than ``min_train_replies`` updates survive,
 * averages the survivors weighted by ``num-examples`` and then applies the strategy's
@@ -22,7 +22,7 @@ With one local step and full participation on IID data this *is* centralised mom
 on the union batch (tested in tests/federated/test_fed_pfm.py).
 
 Every strategy optionally runs FedFace's *federated validation* (``fv_candidates=K > 0``,
-``federated.fv``): K candidate weightings of the accepted updates are turned into K candidate
+``facepriv.federated.fv``): K candidate weightings of the accepted updates are turned into K candidate
 global models with the strategy's own (pure) ``server_step``, the contributing sites score
 them on private validation identities in a ``query.fv`` message exchange, and the best
 candidate is kept; only then is the strategy state (FedAvgM velocity, PFM momentum) of that
@@ -53,7 +53,7 @@ LR_SUM_PREFIX = "lr-sum-"
 
 
 def param_group_of(key: str) -> str:
-    """The trainer's param group of a shared parameter (``training.components.param_groups``)."""
+    """The trainer's param group of a shared parameter (``facepriv.training.components.param_groups``)."""
     return "frontend" if key.startswith(FRONTEND_PREFIX) else "backbone"
 
 
@@ -108,7 +108,7 @@ class RobustFedAvg(FedAvg):
         max_abs_value: reject any update with a float entry above this in magnitude.
         fv_candidates: federated validation with this many candidate weightings (0: off;
             1: only the sample-count weights, i.e. FedAvg plus a validation score).
-        fv_concentration: spread of the Dirichlet candidates (``federated.fv.candidate_weights``).
+        fv_concentration: spread of the Dirichlet candidates (``facepriv.federated.fv.candidate_weights``).
         fv_seed: seed of the candidate draws (combined with the round number).
         fv_timeout: seconds to wait for FV replies (None: Flower's default, wait for all).
         param_keys: which shared arrays are trainable parameters. The momentum strategies

@@ -4,11 +4,11 @@ The same command runs in one process or under torchrun; every rank parses the sa
 arguments, rank 0 picks the run folder and tells the others::
 
     facepriv train training/configs/rgb_iresnet18.yaml --out runs/rgb
-    torchrun --standalone --nproc_per_node 8 -m training.cli training/configs/ms1mv2_r100_pfc.yaml --out runs/r100
+    torchrun --standalone --nproc_per_node 8 -m facepriv.training.cli training/configs/ms1mv2_r100_pfc.yaml --out runs/r100
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m training.cli training/configs/ms1mv2_r100_pfc.yaml --out /shared/runs/r100
+        -m facepriv.training.cli training/configs/ms1mv2_r100_pfc.yaml --out /shared/runs/r100
 
-``python -m training.cli`` accepts the config directly or after the word ``train``.
+``python -m facepriv.training.cli`` accepts the config directly or after the word ``train``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
         "  facepriv train training/configs/tiny_cpu.yaml --out runs/tiny\n"
         "  facepriv train cfg.yaml --set optim.lr=0.05 --set data.batch_size=64\n"
         "  facepriv train cfg.yaml --out runs/tiny --resume          # continue the newest checkpoint\n"
-        "  torchrun --standalone --nproc_per_node 4 -m training.cli cfg.yaml --out runs/ddp\n"
+        "  torchrun --standalone --nproc_per_node 4 -m facepriv.training.cli cfg.yaml --out runs/ddp\n"
         "See docs/training.md for multi-node / SLURM recipes and the config reference.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,7 +62,7 @@ def _setup_logging(quiet: bool, rank: int) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":  # `python -m training.cli train cfg.yaml`
+    if argv and argv[0] == "train":  # `python -m facepriv.training.cli train cfg.yaml`
         argv = argv[1:]
     args = build_parser(prog).parse_args(argv)
     try:
@@ -117,5 +117,5 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m training.cli` / torchrun -m training.cli
-    raise SystemExit(main(prog="python -m training.cli"))
+if __name__ == "__main__":  # pragma: no cover - `python -m facepriv.training.cli` / torchrun -m facepriv.training.cli
+    raise SystemExit(main(prog="python -m facepriv.training.cli"))

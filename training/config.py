@@ -192,7 +192,7 @@ class DistillConfig:
     #: weight of the margin head loss added to the cosine loss (0: pure distillation).
     head_weight: float = 0.0
     #: subtract the teacher's mean embedding over the training set and re-normalise before
-    #: distilling (identity lives in the deviations; see training.distill.center_embeddings).
+    #: distilling (identity lives in the deviations; see facepriv.training.distill.center_embeddings).
     center: bool = True
     batch_size: int = 64
 

@@ -17,7 +17,7 @@ built have all-zero targets, which give zero gradient (they are ignored, not fat
 
 Teachers: any ``Callable[[Tensor], Tensor]`` taking RGB ``B x 3 x H x W`` in [0, 1], a
 facepriv checkpoint path (``FaceRecognizer.load``, its ``embed``), or a judge spec
-(``dlib``, an ArcFace ``.onnx`` file) resolved through ``eval.judges``. ``distill.cache`` may
+(``dlib``, an ArcFace ``.onnx`` file) resolved through ``facepriv.judges``. ``distill.cache`` may
 be a file or a folder (one file per dataset, named by the hash of its sample keys). Under torchrun every rank embeds its share of the images and rank 0 merges.
 """
 
@@ -78,7 +78,7 @@ def teacher_identity(teacher: Any) -> str:
 def resolve_teacher(spec: str | os.PathLike[str], device: torch.device) -> Teacher:
     """A teacher from its config string: a facepriv checkpoint file, or a judge spec.
 
-    Judge specs (``dlib``, ``path/to/arcface.onnx``; see ``eval.judges.build_judge``) give a
+    Judge specs (``dlib``, ``path/to/arcface.onnx``; see ``facepriv.judges.build_judge``) give a
     pretrained recogniser the defender did not train itself, e.g. the dlib ResNet that ships
     with ``face_recognition_models``: the realistic "we already own an RGB face model" case.
     """
@@ -86,9 +86,9 @@ def resolve_teacher(spec: str | os.PathLike[str], device: torch.device) -> Teach
     if Path(spec_s).is_file() and not spec_s.lower().endswith(".onnx"):
         return load_checkpoint_teacher(spec_s, device)
     try:
-        from eval.judges import build_judge
+        from facepriv.judges import build_judge
     except ImportError as exc:  # pragma: no cover - eval ships with facepriv
-        raise ValueError(f"distill.teacher {spec_s!r}: not a checkpoint file, and eval.judges is unavailable") from exc
+        raise ValueError(f"distill.teacher {spec_s!r}: not a checkpoint file, and facepriv.judges is unavailable") from exc
     judge = build_judge(spec_s, device=str(device))
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 torchrun (and SLURM + torchrun) export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT; we read them rather than inventing flags, so the same script runs unchanged
-under ``python -m training.cli``, ``torchrun --nproc_per_node 8 ...`` and a multi-node
+under ``python -m facepriv.training.cli``, ``torchrun --nproc_per_node 8 ...`` and a multi-node
 rendezvous. NCCL is used when every process owns a GPU, gloo otherwise (CPU tests/CI).
 """
 

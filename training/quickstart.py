@@ -9,7 +9,7 @@
 3. Verify on the held-out identities through the deployment path: every test image goes
    through the frontend on its own, in eval mode (PartialFace: a random secret subset per
    image from the OS CSPRNG; DCTDP: fresh noise), then the backbone; cosine scores;
-   ``eval.metrics.verification_report``.
+   ``facepriv.verification.metrics.verification_report``.
 4. Write ``metrics.json`` and ``report.md`` into the run folder and print where they are.
 
 Faces are rendered at 64x64 (not 112) so that training fits the CPU budget; the code path
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("training.quickstart")
+log = logging.getLogger("facepriv.training.quickstart")
 
 
 @dataclass
@@ -185,7 +185,7 @@ def pixel_baseline(data: dict[str, Any], image_size: int) -> dict[str, Any]:
     """Cosine similarity of raw (mean-centred) pixels: what 'no learning at all' scores."""
     import numpy as np
 
-    from eval.metrics import verification_report
+    from facepriv.verification.metrics import verification_report
     from facepriv.data.verification import load_pairs_txt
 
     vset = load_pairs_txt(data["pairs"], data["test_root"], image_size=image_size)

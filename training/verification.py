@@ -3,8 +3,8 @@
 Each image is protected on its own by the frontend in *eval* mode (PartialFace: one random
 subset from the secure RNG; DCTDP: fresh noise) and embedded with
 ``FaceRecognizer.embed``; a pair's score is the cosine similarity. Embedding (flip-test
-included), scoring (``eval.protocols.pair_scores``) and metrics
-(``eval.metrics.verification_report``) are the very functions ``facepriv eval verify`` uses,
+included), scoring (``facepriv.verification.protocols.pair_scores``) and metrics
+(``facepriv.verification.metrics.verification_report``) are the very functions ``facepriv eval verify`` uses,
 so training logs and the evaluation CLI agree to the bit on the same embeddings.
 Decoded images are cached in memory (uint8) after the first evaluation, so periodic
 evaluation costs only the forward passes.
@@ -87,8 +87,8 @@ def embed_images(recognizer: nn.Module, images: Tensor, device: torch.device, *,
 
 
 def score_pairs(embeddings: Tensor, pairs: np.ndarray) -> np.ndarray:
-    """Cosine scores (float64) of ``pairs`` over unit-norm embeddings: ``eval.protocols.pair_scores``."""
-    from eval.protocols import pair_scores
+    """Cosine scores (float64) of ``pairs`` over unit-norm embeddings: ``facepriv.verification.protocols.pair_scores``."""
+    from facepriv.verification.protocols import pair_scores
 
     return pair_scores(embeddings, pairs)
 
@@ -111,7 +111,7 @@ def flatten_report(report: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_loaded(recognizer: nn.Module, vs: LoadedSet, device: torch.device, *, batch_size: int = 128,
                     flip: bool = False, folds: int | None = None) -> dict[str, Any]:
-    from eval.metrics import verification_report
+    from facepriv.verification.metrics import verification_report
 
     emb = embed_images(recognizer, vs.images, device, batch_size=batch_size, flip=flip)
     scores = score_pairs(emb, vs.pairs)

@@ -2,20 +2,20 @@
 
 Threat model, attacks and how to read the report: docs/attacks.md. Entry points:
 ``run_attacks`` (one frontend -> results dict; the results script calls it per frontend) and
-``facepriv attack`` (``eval.attacks.cli``).
+``facepriv attack`` (``facepriv.eval.attacks.cli``).
 """
 
-from eval.attacks.analytic import FILLS, AnalyticConfig, analytic_invert, fill_and_invert, lstsq_invert
-from eval.attacks.checkpointing import AttackCheckpointError, atomic_save, safe_load
-from eval.attacks.data import FaceSet, VictimSplit, check_disjoint, load_faces, load_victims, split_victims
-from eval.attacks.decoder import UNetDecoder
-from eval.attacks.learned import LearnedConfig, LearnedInverter, Standardiser, train_decoder
-from eval.attacks.metrics import PSNR_CAP_DB, image_metrics, json_safe, psnr, ssim
-from eval.attacks.optimisation import OptimConfig, optimise_inversion, total_variation
-from eval.attacks.placement import FrequencyProfile
-from eval.attacks.report import render_markdown, save_grid, worst_case, write_report
-from eval.attacks.runner import ATTACKS, AttackConfig, JudgeCache, run_attacks
-from eval.attacks.views import KNOWLEDGE_LEVELS, AttackerView, AuxStats, Placed, build_view, has_secret, observe, public_copy
+from facepriv.eval.attacks.analytic import FILLS, AnalyticConfig, analytic_invert, fill_and_invert, lstsq_invert
+from facepriv.eval.attacks.checkpointing import AttackCheckpointError, atomic_save, safe_load
+from facepriv.eval.attacks.data import FaceSet, VictimSplit, check_disjoint, load_faces, load_victims, split_victims
+from facepriv.eval.attacks.decoder import UNetDecoder
+from facepriv.eval.attacks.learned import LearnedConfig, LearnedInverter, Standardiser, train_decoder
+from facepriv.eval.attacks.metrics import PSNR_CAP_DB, image_metrics, json_safe, psnr, ssim
+from facepriv.eval.attacks.optimisation import OptimConfig, optimise_inversion, total_variation
+from facepriv.eval.attacks.placement import FrequencyProfile
+from facepriv.eval.attacks.report import render_markdown, save_grid, worst_case, write_report
+from facepriv.eval.attacks.runner import ATTACKS, AttackConfig, JudgeCache, run_attacks
+from facepriv.eval.attacks.views import KNOWLEDGE_LEVELS, AttackerView, AuxStats, Placed, build_view, has_secret, observe, public_copy
 
 __all__ = [
     "ATTACKS", "FILLS", "KNOWLEDGE_LEVELS", "PSNR_CAP_DB",

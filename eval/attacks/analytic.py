@@ -38,7 +38,7 @@ from torch import Tensor
 from facepriv.frontends import block_idct
 from facepriv.frontends.dct import BLOCK, N_COLORS, axis_operator, rgb_to_ycbcr_shifted, ycbcr_shifted_to_rgb
 
-from eval.attacks.views import AuxStats, Placed
+from facepriv.eval.attacks.views import AuxStats, Placed
 
 __all__ = ["AnalyticConfig", "FILLS", "fill_and_invert", "lstsq_invert", "analytic_invert"]
 

@@ -82,10 +82,10 @@ def build_parser(prog: str = "facepriv attack") -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from eval.attacks.analytic import AnalyticConfig
-    from eval.attacks.learned import LearnedConfig
-    from eval.attacks.optimisation import OptimConfig
-    from eval.attacks.runner import ATTACKS, AttackConfig
+    from facepriv.eval.attacks.analytic import AnalyticConfig
+    from facepriv.eval.attacks.learned import LearnedConfig
+    from facepriv.eval.attacks.optimisation import OptimConfig
+    from facepriv.eval.attacks.runner import ATTACKS, AttackConfig
 
     base: dict[str, Any] = {}
     if args.config:
@@ -146,7 +146,7 @@ def _frontends(args: argparse.Namespace, image_size: int) -> list[tuple[str, tor
         note = None
         if spec.lower() in ("partialface",):
             # bare name: the *defender's* secret is derived from --seed so the run is reproducible
-            # (and resumable); public-knowledge attacks never see it (eval.attacks.views.public_copy)
+            # (and resumable); public-knowledge attacks never see it (facepriv.eval.attacks.views.public_copy)
             fe = build_frontend({"name": spec, "secret_seed": 10_007 * (args.seed + 1)})
             note = "secret_seed derived from --seed (bare frontend name); public attacks never read it"
         elif spec.lower() == "dctdp":
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None, prog: str = "facepriv attack") -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from eval.attacks.data import check_disjoint, load_faces, load_victims
-    from eval.attacks.report import write_report
-    from eval.attacks.runner import JudgeCache, run_attacks
+    from facepriv.eval.attacks.data import check_disjoint, load_faces, load_victims
+    from facepriv.eval.attacks.report import write_report
+    from facepriv.eval.attacks.runner import JudgeCache, run_attacks
 
     cfg = _config(args)
     out = Path(args.out)
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     targets = _frontends(args, args.image_size)
     judge = None
     if args.judge.lower() != "none":
-        from eval.judges import build_judge
+        from facepriv.judges import build_judge
 
         judge = build_judge(args.judge, device=cfg.device)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ The attacker protects its own auxiliary faces exactly as the frontend would — 
 frontend's randomness drawn by the attacker: fresh DCTDP noise per sample, a random
 PartialFace query choice per sample (under ``public`` knowledge from a fresh random secret
 per sample, under ``secret`` knowledge from the real table) — reads them through its view
-(``eval.attacks.views``: the same placement it will use on intercepted tensors, errors
+(``facepriv.eval.attacks.views``: the same placement it will use on intercepted tensors, errors
 included) and trains ``UNetDecoder`` to output the original face. Inputs are standardised
 per channel with statistics of the attacker's simulated tensors.
 
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eval.attacks.checkpointing import AttackCheckpointError, atomic_save, safe_load
-from eval.attacks.decoder import UNetDecoder
-from eval.attacks.views import AttackerView, Placed
+from facepriv.eval.attacks.checkpointing import AttackCheckpointError, atomic_save, safe_load
+from facepriv.eval.attacks.decoder import UNetDecoder
+from facepriv.eval.attacks.views import AttackerView, Placed
 
 __all__ = ["LearnedConfig", "Standardiser", "LearnedInverter", "train_decoder"]
 

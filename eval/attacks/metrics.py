@@ -1,7 +1,7 @@
 """Image-similarity measures for reconstructions: PSNR and SSIM (LPIPS deliberately absent).
 
 Why these two: PSNR says how close the pixels are, SSIM whether local structure (edges,
-texture, contrast) survived; together with the identity judges (``eval.judges``) they answer
+texture, contrast) survived; together with the identity judges (``facepriv.judges``) they answer
 "does the reconstruction look like the face, and does it *identify* the person".
 
 LPIPS is not offered: every implementation on the package registry (``lpips``, ``piq``,

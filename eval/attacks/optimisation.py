@@ -20,7 +20,7 @@ autograd), so the attacker can run Adam on the image itself::
   optimisation refines the other attacks instead of starting from nothing.
 
 PartialFace without the secret: the data term uses the attacker's *estimated* placement
-(``eval.attacks.placement``); wrongly placed channels then pull towards wrong frequencies,
+(``facepriv.eval.attacks.placement``); wrongly placed channels then pull towards wrong frequencies,
 which is exactly the uncertainty the secret is meant to create. (Marginalising over all
 subsets is intractable without the table: 54!/(45!) orderings per query.) With the secret,
 the identified hypothesis places the channels exactly.
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from facepriv.frontends import block_dct_select
 
-from eval.attacks.views import AttackerView, AuxStats, Placed
+from facepriv.eval.attacks.views import AttackerView, AuxStats, Placed
 
 __all__ = ["DataTerm", "INITS", "OptimConfig", "best_start", "optimise_inversion", "total_variation"]
 

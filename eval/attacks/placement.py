@@ -18,7 +18,7 @@ them off the intercepted tensor:
   permutation) draw is not (it comes from the client's CSPRNG); score every one of the
   ``n_subsets x n_permutations`` hypotheses with the same log-likelihoods and take the best.
 
-Both return full-layout channel indices that ``eval.attacks.views`` uses to place the
+Both return full-layout channel indices that ``facepriv.eval.attacks.views`` uses to place the
 tensor; the report states how often they are right (known on victims, whose true choices we
 record when we protect them).
 """

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from eval.attacks.metrics import json_safe
+from facepriv.eval.attacks.metrics import json_safe
 
 __all__ = ["save_grid", "render_markdown", "write_report", "worst_case"]
 

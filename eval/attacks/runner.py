@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eval.attacks.analytic import FILLS, AnalyticConfig, analytic_invert, fill_and_invert
-from eval.attacks.data import FaceSet, VictimSplit
-from eval.attacks.learned import LearnedConfig, train_decoder
-from eval.attacks.metrics import image_metrics
-from eval.attacks.optimisation import OptimConfig, optimise_inversion
-from eval.attacks.views import build_view, has_secret, observe
+from facepriv.eval.attacks.analytic import FILLS, AnalyticConfig, analytic_invert, fill_and_invert
+from facepriv.eval.attacks.data import FaceSet, VictimSplit
+from facepriv.eval.attacks.learned import LearnedConfig, train_decoder
+from facepriv.eval.attacks.metrics import image_metrics
+from facepriv.eval.attacks.optimisation import OptimConfig, optimise_inversion
+from facepriv.eval.attacks.views import build_view, has_secret, observe
 
 __all__ = ["ATTACKS", "AttackConfig", "JudgeCache", "run_attacks"]
 
@@ -98,7 +98,7 @@ def _levels(frontend: torch.nn.Module, knowledge: str) -> tuple[list[str], str |
 
 def _score(recon: Tensor, originals: Tensor, judge_cache: JudgeCache | None, victims: VictimSplit, progress: bool,
            label: str) -> dict[str, Any]:
-    from eval.judges import identity_leakage
+    from facepriv.judges import identity_leakage
 
     out: dict[str, Any] = {"image": image_metrics(recon, originals)}
     if judge_cache is not None:
@@ -129,7 +129,7 @@ def run_attacks(
 ) -> dict[str, Any]:
     """Run the configured attacks against ``frontend``; returns results (and writes grids/checkpoints to ``out``).
 
-    ``judge``: an ``eval.judges.Judge`` (or pass a shared ``judge_cache``); ``None`` skips the
+    ``judge``: an ``facepriv.judges.Judge`` (or pass a shared ``judge_cache``); ``None`` skips the
     identity metrics. ``out``: folder for decoder checkpoints and PNG grids (``None``: no files).
     """
     cfg = config or AttackConfig()
@@ -183,7 +183,7 @@ def run_attacks(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if judge_cache is not None:
-        from eval.judges import identity_leakage
+        from facepriv.judges import identity_leakage
 
         raw = judge_cache.embed("probes", victims.probes, cfg.progress)
         gallery = judge_cache.embed("gallery", victims.gallery, cfg.progress)
@@ -267,7 +267,7 @@ def run_attacks(
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     result["config"] = cfg.to_dict()
     if out_dir is not None and grid_n:
-        from eval.attacks.report import save_grid
+        from facepriv.eval.attacks.report import save_grid
 
         grid = save_grid(out_dir / "grid.png", originals[:grid_n], samples,
                          title=f"{result['frontend']['name']}: reconstructions of {grid_n} victims",
@@ -281,7 +281,7 @@ def _pick_init(mode: str, learned: Tensor | None, analytic: dict[str, Tensor], v
     """Optimisation start and how many images started from each candidate. ``auto``: per
     image, the best-fitting of the learned output, the analytic ``lstsq`` estimate and the
     mean face (``optimisation.best_start``); otherwise the named one."""
-    from eval.attacks.optimisation import best_start
+    from facepriv.eval.attacks.optimisation import best_start
 
     dev = placed.values.device
     b = placed.values.shape[0]

@@ -15,7 +15,7 @@ the 192-channel block-DCT layout (or the image itself for the RGB baseline), wit
 per-channel mask of what was observed and, for DCTDP, the Laplace scale of each element —
 so the analytic, learned and optimisation attacks are written once for all frontends.
 
-How PartialFace is read (see ``eval.attacks.placement``):
+How PartialFace is read (see ``facepriv.eval.attacks.placement``):
 
 * ``public``: the attacker simulates training data with a *fresh random secret per sample*
   (any ``s`` distinct kept frequencies in any order: the marginal over secrets, since its own
@@ -37,7 +37,7 @@ from torch import Tensor
 from facepriv.frontends import AC_INDEX, DCTDP, FULL_CHANNELS, DCTFrontend, PartialFace, RGBFrontend, block_dct
 from facepriv.frontends.dct import COEFFS_PER_BLOCK, N_COLORS
 
-from eval.attacks.placement import FrequencyProfile
+from facepriv.eval.attacks.placement import FrequencyProfile
 
 __all__ = ["AuxStats", "Placed", "AttackerView", "build_view", "observe", "has_secret", "KNOWLEDGE_LEVELS", "public_copy"]
 

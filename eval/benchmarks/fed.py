@@ -46,7 +46,7 @@ def _tpr(flat: dict[str, Any]) -> float | None:
 
 
 def _settings(args: argparse.Namespace, strategy: str, out: Path) -> Any:
-    from federated.cli import build_parser, build_settings
+    from facepriv.federated.cli import build_parser, build_settings
 
     argv = ["simulate", "--out", str(out), "--clients", str(args.clients), "--rounds", str(args.rounds),
             "--strategy", strategy, "--local-steps", str(args.local_steps), "--ids-per-client", str(args.ids_per_client),
@@ -62,10 +62,10 @@ def _central(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     import torch
 
     from facepriv.data import SyntheticFaces
-    from federated.server_app import HeldOutVerifier, build_global_model
-    from training.config import config_from_dict
-    from training.distributed import DistEnv
-    from training.trainer import Trainer
+    from facepriv.federated.server_app import HeldOutVerifier, build_global_model
+    from facepriv.training.config import config_from_dict
+    from facepriv.training.distributed import DistEnv
+    from facepriv.training.trainer import Trainer
 
     model, cfg_dict = build_global_model(settings)
     cfg = config_from_dict(copy.deepcopy(cfg_dict))
@@ -90,9 +90,9 @@ def _local_round_time(args: argparse.Namespace, settings: Any) -> float:
 
     from flwr.app import Context, RecordDict
 
-    from federated.arrays import shared_state, state_to_numpy
-    from federated.client_app import build_site_trainer
-    from federated.server_app import build_global_model
+    from facepriv.federated.arrays import shared_state, state_to_numpy
+    from facepriv.federated.client_app import build_site_trainer
+    from facepriv.federated.server_app import build_global_model
 
     model, cfg_dict = build_global_model(settings)
     arrays = state_to_numpy(shared_state(model))
@@ -110,7 +110,7 @@ def _local_round_time(args: argparse.Namespace, settings: Any) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from federated.simulate import simulate
+    from facepriv.federated.simulate import simulate
 
     work = Path(tempfile.mkdtemp(prefix="facepriv-bench-fed-"))
     results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "out" and not callable(v)}}
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[name] = {"tpr@1e-3": _tpr(last), "auc": last.get("auc")}
     results["summary"] = summary
     try:
-        from eval.plots import plot_metric_curves
+        from facepriv.verification.plots import plot_metric_curves
 
         out = Path(getattr(args, "out", work))
         out.mkdir(parents=True, exist_ok=True)

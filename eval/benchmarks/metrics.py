@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from eval.metrics import DEFAULT_FPR_TARGETS
+from facepriv.verification.metrics import DEFAULT_FPR_TARGETS
 
 _GEN_CHUNK = 1 << 22
 
@@ -107,7 +107,7 @@ def _peak_rss_mb() -> float:
 
 
 def _run_ours(s, y, targets):
-    from eval.metrics import ScoreSet
+    from facepriv.verification.metrics import ScoreSet
 
     t0 = time.perf_counter()
     ss = ScoreSet.from_arrays(s, y)
@@ -141,7 +141,7 @@ def _child() -> None:
     if cfg["method"] == "sklearn":
         import sklearn.metrics  # noqa: F401  (import cost belongs to the baseline)
     else:
-        import eval.metrics  # noqa: F401
+        import facepriv.verification.metrics  # noqa: F401
     s, y = _make_scores(cfg["n"], cfg["genuine_fraction"], cfg["seed"])
     reset = _reset_peak_rss()
     before = _proc_status_mb("VmRSS") if reset else _peak_rss_mb()
@@ -173,7 +173,7 @@ def _measure(method: str, n: int, args: argparse.Namespace) -> dict:
         "repeat": args.repeat,
         "targets": list(args.targets),
     }
-    code = "from eval.benchmarks.metrics import _child; _child()"
+    code = "from facepriv.eval.benchmarks.metrics import _child; _child()"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}

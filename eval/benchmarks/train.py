@@ -1,7 +1,7 @@
 """`facepriv bench train`: training throughput with RGB vs PartialFace vs DCTDP (vs DCT), and
 the share of a training step that the privacy frontend costs.
 
-Every frontend is trained with the real trainer (``training.trainer.Trainer.train_step``:
+Every frontend is trained with the real trainer (``facepriv.training.trainer.Trainer.train_step``:
 uint8 -> float, flips, frontend, input standardisation, backbone, margin head, backward,
 clipping, optimiser, schedule), never a second training loop. Data loading is left out on
 purpose: one fixed, pre-made uint8 batch on the host is passed to ``train_step`` every step,
@@ -142,7 +142,7 @@ def frontend_options(name: str, seed: int) -> dict[str, Any]:
 
 def train_config(name: str, s: TrainBenchSettings) -> Any:
     """A TrainConfig mirroring training/configs/<frontend>_iresnet18.yaml at benchmark sizes."""
-    from training.config import config_from_dict
+    from facepriv.training.config import config_from_dict
 
     return config_from_dict({
         "name": f"bench-train-{name}", "seed": s.seed, "device": s.device,
@@ -267,9 +267,9 @@ def measure_frontend(name: str, s: TrainBenchSettings, progress: bool = True) ->
     import torch
     from tqdm import tqdm
 
-    from training.batches import images_to_float
-    from training.distributed import DistEnv
-    from training.trainer import Trainer
+    from facepriv.training.batches import images_to_float
+    from facepriv.training.distributed import DistEnv
+    from facepriv.training.trainer import Trainer
 
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -455,7 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "torch_threads": s.threads or torch.get_num_threads(),
                    "head": "softmax ArcFace (s=64, m=0.5)", "optimizer": "SGD lr 0.1, momentum 0.9, clip 5"},
         "method": {
-            "trainer": "training.trainer.Trainer.train_step on one fixed pre-made uint8 batch (data loading excluded; "
+            "trainer": "facepriv.training.trainer.Trainer.train_step on one fixed pre-made uint8 batch (data loading excluded; "
                        "host->device copy, uint8->float, flips, input norm, head, backward, clipping, optimiser included)",
             "frontend_share": "median over pairs of (full step - cached step) / median full step; in a cached step the "
                               "frontend is replaced by its precomputed train-mode output for the same batch, so the "

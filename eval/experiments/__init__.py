@@ -12,4 +12,4 @@ def __getattr__(name: str):  # run_experiment pulls in training/eval: import it 
         from .lfw_half import run_experiment
 
         return run_experiment
-    raise AttributeError(f"module 'eval.experiments' has no attribute {name!r}")
+    raise AttributeError(f"module 'facepriv.eval.experiments' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 EXPERIMENTS = {
-    "lfw-half": ("eval.experiments.lfw_half",
+    "lfw-half": ("facepriv.eval.experiments.lfw_half",
                  "privacy/accuracy table on LFW-half: every frontend trained, verified and attacked"),
 }
 

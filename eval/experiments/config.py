@@ -83,7 +83,7 @@ class AttackSpec:
     max_victims: int = 100
     max_gallery_per_identity: int = 5
     max_aux: int = 2000
-    #: fields of ``eval.attacks.AttackConfig`` (attacks, knowledge, fills, learned: {...}, ...)
+    #: fields of ``facepriv.eval.attacks.AttackConfig`` (attacks, knowledge, fills, learned: {...}, ...)
     config: dict[str, Any] = field(default_factory=dict)
     #: models to attack ("all" or a list of model names)
     models: Any = "all"

@@ -4,7 +4,7 @@ Stages, each writing its own files under ``--out`` and skipped when they are alr
 (so an interrupted run continues where it stopped; training resumes from its last
 checkpoint, attack decoders from theirs):
 
-1. ``data``      LFW-half folders (``eval.experiments.lfw_data``): symlinks, test pairs.
+1. ``data``      LFW-half folders (``facepriv.eval.experiments.lfw_data``): symlinks, test pairs.
 2. ``reference`` the teacher/judge (dlib by default) on the test pairs: what an independent
                  pretrained RGB recogniser scores, the ceiling for distilled students.
 3. ``train``     every configured model with the same backbone, data and schedule:
@@ -12,8 +12,8 @@ checkpoint, attack decoders from theirs):
                  ``pfm`` rows (``*_distill``: each site distils from the teacher) with the
                  Flower simulation over identity-disjoint sites (``rounds x local_steps x
                  clients`` = the central step count). A row may be added to a folder later.
-4. ``verify``    ``eval.verify`` on the 3,000 test pairs, repeated for stochastic frontends.
-5. ``attack``    ``eval.attacks.run_attacks`` against every model's frontend (victims never
+4. ``verify``    ``facepriv.eval.verify`` on the 3,000 test pairs, repeated for stochastic frontends.
+5. ``attack``    ``facepriv.eval.attacks.run_attacks`` against every model's frontend (victims never
                  trained on, attacker data disjoint from them), dlib judge. An attack sees only
                  the frontend, so rows whose frontends are identical (same config, secrets and
                  state: RGB/DCT rows, PartialFace rows sharing the experiment's secret) share
@@ -94,10 +94,10 @@ def train_config(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: P
     tc.setdefault("data", {})
     tc["data"].update({"format": "folder", "path": layout.train})
     tc["frontend"] = _with_shared_secrets(cfg, spec.frontend)
-    tc["eval"] = {"every_steps": 0, "sets": []}  # the experiment verifies with eval.verify afterwards
+    tc["eval"] = {"every_steps": 0, "sets": []}  # the experiment verifies with facepriv.eval.verify afterwards
     if spec.distilled:
         # one cache folder for every distilled row: the teacher embeds the training images once
-        # (federated sites take their share of those rows, see training.distill)
+        # (federated sites take their share of those rows, see facepriv.training.distill)
         tc["distill"] = {"enabled": True, "teacher": cfg.teacher, "cache": str(out / "teacher") + os.sep, **cfg.distill}
     return tc
 
@@ -112,7 +112,7 @@ def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dic
     all an attacker sees, is attacked once (``attack_model``).
     """
     from facepriv.frontends.registry import FRONTENDS
-    from training.rng import derive_seed
+    from facepriv.training.rng import derive_seed
 
     out = copy.deepcopy(frontend)
     cls = FRONTENDS.get(str(out["name"]).lower())
@@ -124,9 +124,9 @@ def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dic
 
 
 def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
-    from training.checkpoint import latest_checkpoint
-    from training.config import config_from_dict
-    from training.trainer import Trainer
+    from facepriv.training.checkpoint import latest_checkpoint
+    from facepriv.training.config import config_from_dict
+    from facepriv.training.trainer import Trainer
 
     run_dir = out / "models" / spec.name
     done = _read_json(run_dir / "train_done.json")
@@ -162,8 +162,8 @@ def _last_loss(run_dir: Path) -> float | None:
 
 def train_federated(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
     """A Flower simulation with the same total steps as a central row, split over the sites."""
-    from federated.server_app import FedSettings
-    from federated.simulate import simulate
+    from facepriv.federated.server_app import FedSettings
+    from facepriv.federated.simulate import simulate
 
     run_dir = out / "models" / spec.name
     done = _read_json(run_dir / "train_done.json")
@@ -220,8 +220,8 @@ def reference_row(cfg: ExperimentConfig, layout: LfwHalf, out: Path) -> dict[str
         return cached
     import torch
 
-    from eval.judges import build_judge
-    from eval.metrics import verification_report
+    from facepriv.judges import build_judge
+    from facepriv.verification.metrics import verification_report
     from facepriv.data.verification import load_pairs_txt
 
     judge = build_judge(cfg.judge)
@@ -238,7 +238,7 @@ def reference_row(cfg: ExperimentConfig, layout: LfwHalf, out: Path) -> dict[str
 
 
 def verify_model(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
-    from eval.verify import SetSpec, verify
+    from facepriv.eval.verify import SetSpec, verify
 
     path = out / "models" / spec.name / "verify.json"
     cached = _read_json(path)
@@ -259,9 +259,9 @@ class _AttackData:
     """Victims, auxiliary faces and the judge cache, loaded once for all models."""
 
     def __init__(self, cfg: ExperimentConfig, layout: LfwHalf) -> None:
-        from eval.attacks.data import check_disjoint, load_faces, load_victims
-        from eval.attacks.runner import JudgeCache
-        from eval.judges import build_judge
+        from facepriv.eval.attacks.data import check_disjoint, load_faces, load_victims
+        from facepriv.eval.attacks.runner import JudgeCache
+        from facepriv.judges import build_judge
 
         a = cfg.attacks
         self.overlap = check_disjoint(layout.aux, layout.victims)
@@ -273,10 +273,10 @@ class _AttackData:
 
 
 def attack_config(cfg: ExperimentConfig) -> Any:
-    from eval.attacks.analytic import AnalyticConfig
-    from eval.attacks.learned import LearnedConfig
-    from eval.attacks.optimisation import OptimConfig
-    from eval.attacks.runner import AttackConfig
+    from facepriv.eval.attacks.analytic import AnalyticConfig
+    from facepriv.eval.attacks.learned import LearnedConfig
+    from facepriv.eval.attacks.optimisation import OptimConfig
+    from facepriv.eval.attacks.runner import AttackConfig
 
     raw = copy.deepcopy(cfg.attacks.config)
     subs = {"analytic": AnalyticConfig, "learned": LearnedConfig, "optimisation": OptimConfig}
@@ -324,7 +324,7 @@ def attack_model(cfg: ExperimentConfig, spec: ModelSpec, data: Callable[[], _Att
 
     ``data`` loads the victims, auxiliary faces and judge; it is called only when an attack
     must actually run (loading costs a judge pass over the victims)."""
-    from eval.attacks.runner import run_attacks
+    from facepriv.eval.attacks.runner import run_attacks
     from facepriv.models import FaceRecognizer
 
     adir = out / "attacks" / spec.name
@@ -346,7 +346,7 @@ def attack_model(cfg: ExperimentConfig, spec: ModelSpec, data: Callable[[], _Att
     res["frontend_fingerprint"] = fingerprint
     res["data_overlap_check"] = loaded.overlap
     res["judge"] = loaded.judge.describe()
-    from eval.attacks.metrics import json_safe
+    from facepriv.eval.attacks.metrics import json_safe
 
     res = json_safe(res)
     _write_json(path, res)

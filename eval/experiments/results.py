@@ -35,7 +35,7 @@ def _stat(d: dict[str, Any] | None) -> tuple[float | None, float | None]:
 
 def verification_row(verify: dict[str, Any]) -> dict[str, Any]:
     """TPR@FPR, accuracy and EER (mean and spread over repetitions) of one model."""
-    from eval.verify import fpr_key
+    from facepriv.eval.verify import fpr_key
 
     res = verify["results"][0]
     s = res["summary"]
@@ -130,7 +130,7 @@ def collect(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
 
 
 def plot(collected: dict[str, Any], out: Path) -> Path | None:
-    from eval.plots import plot_roc
+    from facepriv.verification.plots import plot_roc
 
     curves = {name: r["roc"] for name, r in collected["rows"].items() if r.get("roc") and r["roc"].get("fpr")}
     if not curves:

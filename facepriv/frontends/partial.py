@@ -7,7 +7,7 @@ split by a secret table into ``n_subsets`` disjoint subsets; each query sends on
 fixed few of the subsets, so no single training image exposes all its high frequencies.
 A server (or an interceptor) therefore never holds, for any image, more than a small
 fraction of its non-visual spectrum. This is an empirical protection against
-reconstruction, not a formal privacy guarantee; ``eval.attacks`` measures it.
+reconstruction, not a formal privacy guarantee; ``facepriv.eval.attacks`` measures it.
 
 Layout: one subset = the same ``s`` frequencies (54 / n_subsets, 9 by default) taken from Y,
 Cb and Cr, colour-major -> ``3*s`` channels (27), optionally re-ordered by one of a few fixed

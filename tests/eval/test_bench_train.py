@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from eval.bench import main as bench_main
-from eval.benchmarks import train as bench_train
+from facepriv.eval.bench import main as bench_main
+from facepriv.eval.benchmarks import train as bench_train
 
 TINY = ["--width", "0.125", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
         "--num-classes", "16", "--no-isolate", "--frontends", "rgb,partialface,dctdp"]
@@ -57,8 +57,8 @@ def test_tiny_run_writes_complete_json(tmp_path) -> None:
 
 
 def test_cached_step_bypasses_the_frontend_and_restores_it() -> None:
-    from training.distributed import DistEnv
-    from training.trainer import Trainer
+    from facepriv.training.distributed import DistEnv
+    from facepriv.training.trainer import Trainer
 
     s = bench_train.TrainBenchSettings(width=0.125, image_size=32, batch_size=4, num_classes=8)
     images, labels = bench_train.synthetic_batch(s)

@@ -1,4 +1,4 @@
-"""Tests for eval.report (and the result entries it reads): files, table content, spread
+"""Tests for facepriv.eval.report (and the result entries it reads): files, table content, spread
 over repetitions, "n/m" for unmeasurable FPRs, strict JSON, re-plotting from metrics.json."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from eval.metrics import ScoreSet
-from eval.report import load_results, plot_set_rocs, summary_markdown, summary_rows, write_report
-from eval.verify import fpr_key, result_from_scores
+from facepriv.verification.metrics import ScoreSet
+from facepriv.eval.report import load_results, plot_set_rocs, summary_markdown, summary_rows, write_report
+from facepriv.eval.verify import fpr_key, result_from_scores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

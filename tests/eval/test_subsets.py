@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from eval.cli import main as eval_main
-from eval.subsets import subset_invariance
+from facepriv.eval.cli import main as eval_main
+from facepriv.eval.subsets import subset_invariance
 from facepriv.data import SyntheticFaces, make_pairs, write_bin
 from facepriv.data.verification import ArrayImageSource, VerificationSet
 

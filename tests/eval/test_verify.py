@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import eval.protocols as protocols
-from eval.cli import main as eval_main
-from eval.protocols import embed_protected_set, pair_slots, repetition_seeds
-from eval.verify import load_set, parse_set_spec, verify
+import facepriv.verification.protocols as protocols
+from facepriv.eval.cli import main as eval_main
+from facepriv.verification.protocols import embed_protected_set, pair_slots, repetition_seeds
+from facepriv.eval.verify import load_set, parse_set_spec, verify
 from facepriv.data import SyntheticFaces, identity_name, make_pairs, pairs_txt_for_folder, write_bin, write_image
 from facepriv.data.verification import ArrayImageSource, VerificationSet
 from facepriv.frontends import PartialFace

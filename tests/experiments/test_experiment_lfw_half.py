@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.experiments import ExperimentConfigError, LfwDataError, config_from_dict, load_config, prepare_lfw_half
+from facepriv.eval.experiments import ExperimentConfigError, LfwDataError, config_from_dict, load_config, prepare_lfw_half
 
 N_LFW, PER_ID, SIZE = 24, 3, 32
 
@@ -105,7 +105,7 @@ class FakeSimulation:
         self.calls: list = []
 
     def __call__(self, settings, *, num_clients, num_cpus, cpus_per_client):
-        from federated.server_app import build_global_model
+        from facepriv.federated.server_app import build_global_model
 
         self.calls.append(settings)
         model, _ = build_global_model(settings)
@@ -119,11 +119,11 @@ class FakeSimulation:
 
 def test_federated_rows_get_the_central_step_budget(data_root, tmp_path, monkeypatch):
     pytest.importorskip("flwr")
-    import federated.simulate
-    from eval.experiments.lfw_half import train_federated
+    import facepriv.federated.simulate
+    from facepriv.eval.experiments.lfw_half import train_federated
 
     fake = FakeSimulation()
-    monkeypatch.setattr(federated.simulate, "simulate", fake)
+    monkeypatch.setattr(facepriv.federated.simulate, "simulate", fake)
     cfg = _tiny_config([{"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}}])
     cfg["train"]["schedule"] = {"type": "poly", "max_steps": 16, "warmup_steps": 4}
     cfg["federated"] = {"clients": 2, "rounds": 2}
@@ -144,7 +144,7 @@ def test_federated_rows_get_the_central_step_budget(data_root, tmp_path, monkeyp
     assert settings.train_config["distill"]["enabled"] and settings.train_config["distill"]["teacher"] == "dlib"
     assert settings.train_config["distill"]["cache"].startswith(str(tmp_path / "teacher"))
     # a round in which a site failed would give the row less compute: refused, not reported
-    monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation(accept_all=False))
+    monkeypatch.setattr(facepriv.federated.simulate, "simulate", FakeSimulation(accept_all=False))
     with pytest.raises(RuntimeError, match="accepted 1 of 2 site updates"):
         train_federated(cfg, config_from_dict({**_tiny_config([{"name": "pf_fedavg", "mode": "fedavg",
                                                                  "frontend": {"name": "partialface"}}]),
@@ -154,10 +154,10 @@ def test_federated_rows_get_the_central_step_budget(data_root, tmp_path, monkeyp
 def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     pytest.importorskip("dlib")
     pytest.importorskip("flwr")
-    import federated.simulate
-    from eval.experiments.lfw_half import main
+    import facepriv.federated.simulate
+    from facepriv.eval.experiments.lfw_half import main
 
-    monkeypatch.setattr(federated.simulate, "simulate", FakeSimulation())
+    monkeypatch.setattr(facepriv.federated.simulate, "simulate", FakeSimulation())
 
     models = [{"name": "rgb_distill", "mode": "distill", "frontend": {"name": "rgb"}},
               {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}},
@@ -211,7 +211,7 @@ def test_frontend_fingerprint_and_parallel_timings(tmp_path):
     runs on one folder are merged, not overwritten."""
     import torch
 
-    from eval.experiments.lfw_half import _add_timing, _with_shared_secrets, frontend_fingerprint
+    from facepriv.eval.experiments.lfw_half import _add_timing, _with_shared_secrets, frontend_fingerprint
     from facepriv.frontends import build_frontend
 
     cfg = config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]))
@@ -234,7 +234,7 @@ def test_frontend_fingerprint_and_parallel_timings(tmp_path):
 
 def test_continuing_may_change_execution_settings_only(tmp_path):
     """A run folder keeps its first config; cores and threads may change on resume, numbers may not."""
-    from eval.experiments.lfw_half import _check_same_config
+    from facepriv.eval.experiments.lfw_half import _check_same_config
 
     cfg = config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]))
     _check_same_config(cfg, tmp_path)

@@ -13,7 +13,7 @@ def test_certificates_chain_and_sans(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from federated.deploy import make_test_certificates
+    from facepriv.federated.deploy import make_test_certificates
 
     paths = make_test_certificates(tmp_path, nodes=2, hosts=["localhost", "127.0.0.1", "link.example.org"])
     ca = x509.load_pem_x509_certificate(paths["ca_cert"].read_bytes())

@@ -82,7 +82,7 @@ def test_tls_superlink_two_authenticated_supernodes_one_round(tmp_path):
     if shutil.which("flower-superlink") is None or shutil.which("flower-supernode") is None:
         pytest.skip("flwr deployment binaries not installed")
     pytest.importorskip("cryptography")
-    from federated.cli import main as fed_main
+    from facepriv.federated.cli import main as fed_main
 
     # 1. certificates: our generator, as an operator would run it (`facepriv fed certs`)
     certs = tmp_path / "certs"

@@ -11,14 +11,14 @@ import pytest
 pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 
-from federated.strategies import numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.strategies import numpy_to_record, record_to_numpy  # noqa: E402
 
 
 def test_sites_distil_from_their_own_cached_teacher_embeddings(task_identity, tmp_path):
-    from federated.arrays import shared_keys, shared_state, state_to_numpy
-    from federated.cli import default_train_config
-    from federated.client_app import train_round
-    from federated.server_app import FedSettings, build_global_model
+    from facepriv.federated.arrays import shared_keys, shared_state, state_to_numpy
+    from facepriv.federated.cli import default_train_config
+    from facepriv.federated.client_app import train_round
+    from facepriv.federated.server_app import FedSettings, build_global_model
 
     cfg = default_train_config(32, "partialface", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
     cfg["model"]["embedding_size"] = 16

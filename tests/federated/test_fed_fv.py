@@ -17,7 +17,7 @@ import torch
 flwr_app = pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from federated.fv import (  # noqa: E402
+from facepriv.federated.fv import (  # noqa: E402
     CANDIDATE_PREFIX,
     FV_MESSAGE_TYPE,
     SCORES_KEY,
@@ -25,7 +25,7 @@ from federated.fv import (  # noqa: E402
     combine_scores,
     separation_score,
 )
-from federated.strategies import PFM, RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.strategies import PFM, RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
 
 # ----------------------------------------------------------------------------- pure parts
 
@@ -266,7 +266,7 @@ def test_fv_exchange_failure_falls_back(task_identity, fake_grid):
 @pytest.mark.parametrize("name", ["fedavg", "fedavgm", "pfm"])
 def test_one_candidate_equals_the_plain_strategy_exactly(task_identity, fake_grid, name):
     """K=1 (only the sample-count weights): bit-identical models and strategy state."""
-    from federated.strategies import build_strategy
+    from facepriv.federated.strategies import build_strategy
 
     rng = np.random.default_rng(0)
     updates = {n: rng.standard_normal((D_EMB, D_IN)) for n in (1, 2, 3)}
@@ -292,7 +292,7 @@ def test_one_candidate_equals_the_plain_strategy_exactly(task_identity, fake_gri
 
 
 def _tiny_cfg() -> dict:
-    from federated.cli import default_train_config
+    from facepriv.federated.cli import default_train_config
 
     cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
     cfg["model"]["embedding_size"] = 16
@@ -300,10 +300,10 @@ def _tiny_cfg() -> dict:
 
 
 def test_site_scores_candidates_on_held_out_identities_and_replies_scalars_only(task_identity, tmp_path):
-    from federated.arrays import shared_state, state_to_numpy
-    from federated.client_app import make_client_app, train_round, validate_round
-    from federated.server_app import FedSettings, build_global_model
-    from federated.site import HEAD_KEY, site_dataset
+    from facepriv.federated.arrays import shared_state, state_to_numpy
+    from facepriv.federated.client_app import make_client_app, train_round, validate_round
+    from facepriv.federated.server_app import FedSettings, build_global_model
+    from facepriv.federated.site import HEAD_KEY, site_dataset
 
     model, cfg_dict = build_global_model(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path)))
     sent = state_to_numpy(shared_state(model))
@@ -344,7 +344,7 @@ def test_site_scores_candidates_on_held_out_identities_and_replies_scalars_only(
 
 
 def test_validation_split_is_deterministic_and_disjoint():
-    from federated.site import split_validation_identities
+    from facepriv.federated.site import split_validation_identities
 
     names = [f"id{i:03d}" for i in range(20)]
     train, val = split_validation_identities(names, 3, seed=5)
@@ -356,7 +356,7 @@ def test_validation_split_is_deterministic_and_disjoint():
 
 
 def test_fv_settings_are_validated(tmp_path):
-    from federated.server_app import FedSettings, build_global_model, make_strategy
+    from facepriv.federated.server_app import FedSettings, build_global_model, make_strategy
 
     model, _ = build_global_model(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path)))
     with pytest.raises(ValueError, match="client-level DP"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from federated.arrays import shared_state
-from federated.momentum import group_lrs, install_momentum
-from federated.strategies import MOMENTUM_KEY, PFM, numpy_to_record, record_to_numpy
+from facepriv.federated.arrays import shared_state
+from facepriv.federated.momentum import group_lrs, install_momentum
+from facepriv.federated.strategies import MOMENTUM_KEY, PFM, numpy_to_record, record_to_numpy
 
 flwr_app = pytest.importorskip("flwr.app")
 Message, MetricRecord, RecordDict, ConfigRecord = flwr_app.Message, flwr_app.MetricRecord, flwr_app.RecordDict, flwr_app.ConfigRecord

@@ -17,7 +17,7 @@ ARGS = ["--clients", "3", "--strategy", "pfm", "--local-steps", "2", "--image-si
 def test_simulation_runs_checkpoints_and_resumes(tmp_path):
     pytest.importorskip("ray")
     from facepriv.models import FaceRecognizer
-    from federated.cli import main
+    from facepriv.federated.cli import main
 
     out = tmp_path / "fed"
     assert main(["simulate", "--out", str(out), "--rounds", "2", *ARGS]) == 0

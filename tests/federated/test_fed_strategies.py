@@ -12,8 +12,8 @@ import torch
 flwr_app = pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from federated.arrays import screen_update, weighted_average  # noqa: E402
-from federated.strategies import RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.arrays import screen_update, weighted_average  # noqa: E402
+from facepriv.federated.strategies import RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
 
 
 def _global() -> dict[str, np.ndarray]:
@@ -120,7 +120,7 @@ def test_screen_and_average_units():
 
 
 def _tiny_cfg() -> dict:
-    from federated.cli import default_train_config
+    from facepriv.federated.cli import default_train_config
 
     cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
     cfg["model"]["embedding_size"] = 16
@@ -130,10 +130,10 @@ def _tiny_cfg() -> dict:
 def test_head_never_leaves_the_site(task_identity, tmp_path):
     """Run the real client round on crafted messages: the reply carries exactly the shared
     keys (no head, no frontend secrets); the head persists in Context.state and on disk."""
-    from federated.arrays import shared_keys, shared_state, state_to_numpy
-    from federated.client_app import train_round
-    from federated.server_app import FedSettings, build_global_model
-    from federated.site import HEAD_KEY, SITE_KEY
+    from facepriv.federated.arrays import shared_keys, shared_state, state_to_numpy
+    from facepriv.federated.client_app import train_round
+    from facepriv.federated.server_app import FedSettings, build_global_model
+    from facepriv.federated.site import HEAD_KEY, SITE_KEY
 
     settings = FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), strategy="fedavg")
     model, cfg_dict = build_global_model(settings)
@@ -168,9 +168,9 @@ def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_ident
     first round and persisted with the site state (memory and disk); later rounds, also after
     a restart that lost Context.state, reuse them instead of calibrating again. A state file
     from another frontend is refused by name."""
-    from federated.arrays import shared_state, state_to_numpy
-    from federated.client_app import train_round
-    from federated.server_app import FedSettings, build_global_model
+    from facepriv.federated.arrays import shared_state, state_to_numpy
+    from facepriv.federated.client_app import train_round
+    from facepriv.federated.server_app import FedSettings, build_global_model
     from facepriv.frontends.dp import DCTDP
 
     calls = []
@@ -197,7 +197,7 @@ def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_ident
         return ctx
 
     ctx = one_round(Context(run_id=5, node_id=9, node_config=node, state=RecordDict(), run_config={}))
-    from federated.client_app import _site_state
+    from facepriv.federated.client_app import _site_state
 
     first = _site_state(ctx)["frontend_buffers"]
     assert len(calls) == 1 and bool(first["calibrated"])
@@ -220,8 +220,8 @@ def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_ident
 def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path):
     """0-d buffers (``input_norm.calibrated`` of frequency frontends, BatchNorm's
     ``num_batches_tracked``) must reach the site as 0-d, or ``load_shared_state`` refuses them."""
-    from federated.arrays import load_shared_state, shared_state, state_to_numpy
-    from federated.server_app import FedSettings, build_global_model
+    from facepriv.federated.arrays import load_shared_state, shared_state, state_to_numpy
+    from facepriv.federated.server_app import FedSettings, build_global_model
 
     cfg = _tiny_cfg()
     cfg["frontend"] = {"name": "dct"}
@@ -236,12 +236,12 @@ def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path):
 
 def test_cli_fails_when_no_site_ever_trained(tmp_path, monkeypatch, capsys):
     """All rounds completed but every site failed: the run must not report success."""
-    import federated.simulate
-    from federated.cli import main
+    import facepriv.federated.simulate
+    from facepriv.federated.cli import main
 
     failed = {"accepted": [], "rejected": {}, "failed": {"7": "ValueError: site data missing"}}
     history = [{"round": 0}, {"round": 1, "aggregation": failed}, {"round": 2, "aggregation": failed}]
-    monkeypatch.setattr(federated.simulate, "simulate", lambda *a, **k: history)
+    monkeypatch.setattr(facepriv.federated.simulate, "simulate", lambda *a, **k: history)
     argv = ["simulate", "--out", str(tmp_path / "fed"), "--rounds", "2", "--clients", "2"]
     assert main(argv) == 1
     assert "site data missing" in capsys.readouterr().err

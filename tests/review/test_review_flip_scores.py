@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.protocols import embed_protected_set, score_pairs
+from facepriv.verification.protocols import embed_protected_set, score_pairs
 from facepriv.data.verification import ArrayImageSource, VerificationSet
 from facepriv.models import FaceRecognizer
-from training.verification import embed_images, materialise
-from training.verification import score_pairs as train_score_pairs
+from facepriv.training.verification import embed_images, materialise
+from facepriv.training.verification import score_pairs as train_score_pairs
 
 SIZE = 16
 

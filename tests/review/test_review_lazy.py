@@ -2,7 +2,7 @@
 
 Pinned down: one helper serves every package; unknown names are AttributeErrors, broken
 mappings and modules that fail while importing are loud ImportErrors; ``dir()`` lists the
-lazy names; ``import facepriv`` / ``training`` / ``eval`` import none of the optional heavy
+lazy names; ``import facepriv`` / ``facepriv.training`` / ``facepriv.eval`` import none of the optional heavy
 dependencies, and eval's attack/judge names resolve to the real objects on first use.
 """
 
@@ -75,14 +75,12 @@ def test_bad_mapping_entries_are_refused() -> None:
 
 
 def test_package_exports_all_resolve() -> None:
-    import eval as eval_pkg
+    from facepriv import eval as eval_pkg
     import facepriv
-    import training
-    from eval.attacks.runner import AttackConfig, run_attacks
-    from eval.judges import Judge, build_judge, identity_leakage
+    from facepriv import training
+    from facepriv.eval.attacks.runner import AttackConfig, run_attacks
 
     assert (eval_pkg.run_attacks, eval_pkg.AttackConfig) == (run_attacks, AttackConfig)
-    assert (eval_pkg.build_judge, eval_pkg.Judge, eval_pkg.identity_leakage) == (build_judge, Judge, identity_leakage)
     for pkg in (facepriv, training, eval_pkg):
         assert set(pkg.__all__) <= set(dir(pkg)), pkg.__name__
     for name in facepriv.__all__:
@@ -93,12 +91,12 @@ def test_package_exports_all_resolve() -> None:
 
 def test_imports_stay_light() -> None:
     """A fresh interpreter: importing the packages pulls in no optional heavy dependency,
-    and ``import facepriv`` / ``import training`` / ``import eval`` not even torch."""
+    and ``import facepriv`` / ``facepriv.training`` / ``facepriv.eval`` not even torch."""
     code = (
         "import sys, json\n"
-        "import facepriv, training, eval\n"
+        "import facepriv, facepriv.training, facepriv.eval\n"
         "light = 'torch' not in sys.modules\n"
-        "import eval.metrics, facepriv.frontends, facepriv.models\n"
+        "import facepriv.verification, facepriv.judges, facepriv.frontends, facepriv.models\n"
         f"print(json.dumps({{'light': light, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

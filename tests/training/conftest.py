@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from training.config import TrainConfig, config_from_dict
+from facepriv.training.config import TrainConfig, config_from_dict
 
 
 def tiny_config_dict(**overrides: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import (
+from facepriv.training.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
@@ -16,7 +16,7 @@ from training.config import (
     load_config,
     save_config,
 )
-from training.schedule import LRMultiplier, resolve_schedule
+from facepriv.training.schedule import LRMultiplier, resolve_schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
 
@@ -99,7 +99,7 @@ def test_shipped_config_set_is_complete() -> None:
 
 
 def test_schedule_shapes() -> None:
-    from training.config import ScheduleConfig
+    from facepriv.training.config import ScheduleConfig
 
     r = resolve_schedule(ScheduleConfig(type="poly", epochs=2, warmup_epochs=0.5), steps_per_epoch=10)
     assert (r.total_steps, r.warmup_steps) == (20, 5)
@@ -119,7 +119,7 @@ def test_schedule_shapes() -> None:
 ])
 def test_input_norm_auto_choice_survives_a_checkpoint(tmp_path: Path, tiny_config, frontend, mode, kind) -> None:
     from facepriv.models import FaceRecognizer
-    from training.components import build_recognizer
+    from facepriv.training.components import build_recognizer
 
     cfg = tiny_config(frontend=frontend, input_norm__mode=mode)
     model = build_recognizer(cfg)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from training.batches import SafeDataset, collate_samples, flip_mask
-from training.sampler import ShardedBatchSampler
-from training.trainer import Trainer
+from facepriv.training.batches import SafeDataset, collate_samples, flip_mask
+from facepriv.training.sampler import ShardedBatchSampler
+from facepriv.training.trainer import Trainer
 
 
 def test_shards_partition_the_single_process_batches() -> None:

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from facepriv.models import FaceRecognizer
-from training.config import save_config
-from training.trainer import Trainer
+from facepriv.training.config import save_config
+from facepriv.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -31,7 +31,7 @@ def _torchrun(config: Path, out: Path, *extra: str) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.cli", str(config), "--out", str(out), "-q", *extra]
+           "-m", "facepriv.training.cli", str(config), "--out", str(out), "-q", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.batches import images_to_float
-from training.distill import DistillTargets, teacher_identity
-from training.trainer import Trainer
+from facepriv.training.batches import images_to_float
+from facepriv.training.distill import DistillTargets, teacher_identity
+from facepriv.training.trainer import Trainer
 
 
 class ToyTeacher:
@@ -92,7 +92,7 @@ def test_centering_removes_the_common_teacher_direction() -> None:
     import torch
     import torch.nn.functional as F
 
-    from training.distill import center_embeddings
+    from facepriv.training.distill import center_embeddings
 
     g = torch.Generator().manual_seed(0)
     common = F.normalize(torch.randn(1, 16, generator=g), dim=1)
@@ -112,7 +112,7 @@ def test_dlib_teacher_resolves_from_its_config_string() -> None:
     import torch
 
     pytest.importorskip("dlib")
-    from training.distill import resolve_teacher, teacher_identity
+    from facepriv.training.distill import resolve_teacher, teacher_identity
 
     teacher = resolve_teacher("dlib", torch.device("cpu"))
     emb = teacher(torch.rand(2, 3, 112, 112))
@@ -139,7 +139,7 @@ def test_a_cache_folder_serves_a_subset_from_a_covering_cache(tmp_path: Path, ti
     """A federated site's share of images that the data owner already embedded centrally
     gets its rows from the central cache (no teacher call), in the site's own order; a key
     list that no longer matches its cache's hash is not trusted."""
-    from training.distributed import DistEnv
+    from facepriv.training.distributed import DistEnv
 
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     cfg = tiny_config(distill={"enabled": True, "cache": str(tmp_path / "teacher") + "/", "center": False})

@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("opacus")
 
-from training.config import ConfigError  # noqa: E402
-from training.dp_sgd import adapt_config_for_dp  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from facepriv.training.config import ConfigError  # noqa: E402
+from facepriv.training.dp_sgd import adapt_config_for_dp  # noqa: E402
+from facepriv.training.trainer import Trainer  # noqa: E402
 
 
 def _dp_cfg(tiny_config, max_steps: int = 3, **kw):
@@ -68,7 +68,7 @@ def test_dp_sgd_clips_per_sample(tiny_config) -> None:
 
 
 def test_dp_config_guards() -> None:
-    from training.config import config_from_dict
+    from facepriv.training.config import config_from_dict
 
     base = {"data": {"format": "synthetic"}, "dp": {"enabled": True}}
     with pytest.raises(ConfigError, match="sample_multiplier: 1"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.quickstart import main
+from facepriv.training.quickstart import main
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint as ckpt
-from training.trainer import Trainer
+from facepriv.training import checkpoint as ckpt
+from facepriv.training.trainer import Trainer
 
 
 def _cfg(tiny_config, **kw):

@@ -8,7 +8,7 @@ import torch
 
 from facepriv.frontends import PartialFace
 
-from eval.attacks import AttackCheckpointError, LearnedConfig, build_view, safe_load, train_decoder
+from facepriv.eval.attacks import AttackCheckpointError, LearnedConfig, build_view, safe_load, train_decoder
 
 
 def _cfg(steps: int, **kw) -> LearnedConfig:
@@ -45,7 +45,7 @@ def _interrupted(tmp_path, aux_u8, view):
     class Stop(Exception):
         pass
 
-    import eval.attacks.learned as learned
+    import facepriv.eval.attacks.learned as learned
 
     real = learned.atomic_save
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from eval.attacks import check_disjoint, load_victims
-from eval.attacks.cli import main
+from facepriv.eval.attacks import check_disjoint, load_victims
+from facepriv.eval.attacks.cli import main
 
 TINY = ["--image-size", "32", "--steps", "4", "--batch-size", "4", "--width", "4", "--depth", "1",
         "--opt-steps", "3", "--lstsq-iterations", "5", "--max-victims", "6", "--max-aux", "40",
@@ -97,7 +97,7 @@ def test_cli_help_and_bad_arguments(capsys, face_folders, tmp_path):
 def test_yaml_config_and_checkpoint_target(tmp_path, face_folders):
     from facepriv.models import FaceRecognizer
 
-    from eval.attacks.cli import _config, _frontends, build_parser
+    from facepriv.eval.attacks.cli import _config, _frontends, build_parser
 
     model = FaceRecognizer.from_config({
         "frontend": {"name": "partialface", "secret_seed": 99},

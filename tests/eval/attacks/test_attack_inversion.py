@@ -8,7 +8,7 @@ import torch
 
 from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend
 
-from eval.attacks import (
+from facepriv.eval.attacks import (
     AnalyticConfig,
     LearnedConfig,
     OptimConfig,
@@ -110,7 +110,7 @@ def test_optimisation_uses_laplace_likelihood_for_dctdp(aux_u8, victims_f):
 
 
 def test_auto_start_picks_the_candidate_that_fits_the_observation(aux_u8, victims_f):
-    from eval.attacks.optimisation import best_start
+    from facepriv.eval.attacks.optimisation import best_start
 
     fe = PartialFace(secret_seed=6)
     view = build_view(fe, "secret").fit(aux_u8)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from eval.attacks.metrics import PSNR_CAP_DB, image_metrics, json_safe, luma, psnr, ssim, summarise
+from facepriv.eval.attacks.metrics import PSNR_CAP_DB, image_metrics, json_safe, luma, psnr, ssim, summarise
 
 
 def _img(seed: int, b: int = 2, h: int = 24, w: int = 24) -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.judges.base import Judge, JudgeError
+from facepriv.judges.base import Judge, JudgeError
 
 __all__ = ["DlibJudge", "FIXED_POINTS_112", "find_dlib_models"]
 

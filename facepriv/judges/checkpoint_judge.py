@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eval.judges.base import Judge, JudgeError
+from facepriv.judges.base import Judge, JudgeError
 
 __all__ = ["CheckpointJudge"]
 

@@ -2,11 +2,11 @@
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, so plotting
 never touches pyplot's global state, never needs a display, and is safe in worker threads.
-matplotlib is imported inside the functions so ``import eval.plots`` stays cheap.
+matplotlib is imported inside the functions so ``import facepriv.verification.plots`` stays cheap.
 
 ROC curves are drawn on a log FPR axis (1e-6 .. 1 by default) because face verification is
 judged at low FPR. Each curve is sampled on a log-spaced FPR grid with the exact
-"largest TPR with FPR <= target" rule of :mod:`eval.metrics`, so a 100M-score set plots
+"largest TPR with FPR <= target" rule of :mod:`facepriv.verification.metrics`, so a 100M-score set plots
 from a few hundred points, and the grid never goes below 1/N_impostor (lower FPRs are not
 measurable). The legend shows each curve's TPR at ``legend_fpr`` (1e-3 by default).
 """

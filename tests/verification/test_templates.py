@@ -1,4 +1,4 @@
-"""Tests for eval.templates: IJB-style template pooling checked against a plain loop."""
+"""Tests for facepriv.verification.templates: IJB-style template pooling checked against a plain loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from eval.templates import ijb_verification, pool_templates, score_template_pairs
+from facepriv.verification.templates import ijb_verification, pool_templates, score_template_pairs
 
 
 def _dataset(seed=0, n_images=300, dim=16, n_templates=25):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.judges import CheckpointJudge, JudgeError, OnnxJudge, build_judge, identity_leakage
+from facepriv.judges import CheckpointJudge, JudgeError, OnnxJudge, build_judge, identity_leakage
 
 
 def _faces(n: int = 5, size: int = 32) -> torch.Tensor:

@@ -180,7 +180,7 @@ def ijb_verification(
 ) -> dict:
     """Full IJB-style 1:1 evaluation: pool templates, score pairs, report TPR@FPR/AUC/EER.
 
-    Returns the :meth:`eval.metrics.ScoreSet.report` dict plus template counts and the
+    Returns the :meth:`facepriv.verification.metrics.ScoreSet.report` dict plus template counts and the
     pooling options, all plain JSON-able values. Callers that also want the pair scores
     (e.g. to plot a ROC) call :func:`pool_templates` and :func:`score_template_pairs`.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.judges.base import Judge, JudgeError
+from facepriv.judges.base import Judge, JudgeError
 
 __all__ = ["build_judge"]
 
@@ -15,17 +15,17 @@ def build_judge(spec: str, *, device: str = "cpu", batch_size: int = 32) -> Judg
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"judge spec must be a non-empty string, got {spec!r}")
     if spec == "dlib" or spec.startswith("dlib:"):
-        from eval.judges.dlib_judge import DlibJudge
+        from facepriv.judges.dlib_judge import DlibJudge
 
         mode = spec.split(":", 1)[1] if ":" in spec else "fixed"
         return DlibJudge(mode=mode, batch_size=batch_size)
     path, _, option = spec.partition(":") if spec.lower().endswith((".onnx:bgr", ".onnx:rgb")) else (spec, "", "")
     if path.lower().endswith(".onnx"):
-        from eval.judges.onnx_judge import OnnxJudge
+        from facepriv.judges.onnx_judge import OnnxJudge
 
         return OnnxJudge(path, channel_order=option or "rgb", batch_size=batch_size)
     if Path(spec).is_file():
-        from eval.judges.checkpoint_judge import CheckpointJudge
+        from facepriv.judges.checkpoint_judge import CheckpointJudge
 
         return CheckpointJudge(spec, device=device, batch_size=batch_size)
     raise JudgeError(f"judge {spec!r}: not 'dlib', not an existing .onnx file and not an existing checkpoint file")

@@ -7,12 +7,12 @@ onnxruntime are imported only when their judge is constructed, so this package i
 the core dependencies alone.
 """
 
-from eval.judges.base import Judge, JudgeError
-from eval.judges.checkpoint_judge import CheckpointJudge
-from eval.judges.dlib_judge import FIXED_POINTS_112, DlibJudge, find_dlib_models
-from eval.judges.leakage import REPORT_FPRS, identity_leakage
-from eval.judges.onnx_judge import OnnxJudge, graph_normalises_input
-from eval.judges.registry import build_judge
+from facepriv.judges.base import Judge, JudgeError
+from facepriv.judges.checkpoint_judge import CheckpointJudge
+from facepriv.judges.dlib_judge import FIXED_POINTS_112, DlibJudge, find_dlib_models
+from facepriv.judges.leakage import REPORT_FPRS, identity_leakage
+from facepriv.judges.onnx_judge import OnnxJudge, graph_normalises_input
+from facepriv.judges.registry import build_judge
 
 __all__ = [
     "Judge", "JudgeError", "DlibJudge", "OnnxJudge", "CheckpointJudge", "FIXED_POINTS_112",

@@ -2,7 +2,7 @@
 
 Two numbers, both computed from judge embeddings (unit vectors, cosine scores):
 
-* **Verification** TPR at FPR = 1e-3 and 1e-2 (``eval.metrics.tpr_at_fpr``): genuine pairs
+* **Verification** TPR at FPR = 1e-3 and 1e-2 (``facepriv.verification.metrics.tpr_at_fpr``): genuine pairs
   are (probe, another image of the same person), impostor pairs (probe, an image of anyone
   else in the gallery). This is the "would a face-verification system accept the
   reconstruction as the victim" question, at operating points real systems use.
@@ -11,7 +11,7 @@ Two numbers, both computed from judge embeddings (unit vectors, cosine scores):
   highest. Chance level is ``1 / n_identities``.
 
 The gallery never contains the probe's own source image (the probe image is held out of it
-by ``eval.attacks.data``), so a perfect copy of the probe cannot be matched trivially: the
+by ``facepriv.eval.attacks.data``), so a perfect copy of the probe cannot be matched trivially: the
 numbers measure identity, not pixel identity. The same function scores the raw probes
 (upper bound), naive renderings and every attack, so the rows of a report are comparable.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.metrics import tpr_at_fpr
+from facepriv.verification.metrics import tpr_at_fpr
 
 __all__ = ["REPORT_FPRS", "identity_leakage"]
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eval.judges.base import Judge, JudgeError
+from facepriv.judges.base import Judge, JudgeError
 
 __all__ = ["OnnxJudge", "graph_normalises_input"]
 

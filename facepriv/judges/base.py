@@ -5,7 +5,7 @@ protected tensor is matched to the right person by an independent recogniser, id
 leaked no matter how the defender's own model behaves. Every judge takes the project's image
 convention (``B x 3 x H x W`` RGB float in [0, 1], aligned with the ArcFace 5-point
 template, 112 x 112 normally) and returns unit-length float32 rows, so scores are cosines and
-judges are interchangeable in ``eval.judges.leakage``.
+judges are interchangeable in ``facepriv.judges.leakage``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for eval.metrics: hand-computed answers, sklearn agreement, k-fold protocols."""
+"""Tests for facepriv.verification.metrics: hand-computed answers, sklearn agreement, k-fold protocols."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from facepriv.verification.metrics import (
     ScoreAccumulator,
     ScoreSet,
     allowed_false_accepts,

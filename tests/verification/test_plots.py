@@ -1,12 +1,12 @@
-"""Tests for eval.plots: PNG files are produced and the plotted points follow the metric rule."""
+"""Tests for facepriv.verification.plots: PNG files are produced and the plotted points follow the metric rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from eval.metrics import ScoreSet, roc_curve
-from eval.plots import plot_metric_curves, plot_roc, roc_plot_points
+from facepriv.verification.metrics import ScoreSet, roc_curve
+from facepriv.verification.plots import plot_metric_curves, plot_roc, roc_plot_points
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
