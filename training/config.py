@@ -230,6 +230,10 @@ class TrainConfig:
     frontend: dict[str, Any] = field(default_factory=lambda: {"name": "rgb"})
     #: passed to facepriv.models.build_backbone; ``in_channels`` is filled in from the frontend.
     model: dict[str, Any] = field(default_factory=lambda: {"name": "iresnet18", "embedding_size": 512})
+    #: warm start: a FaceRecognizer checkpoint (e.g. a trained RGB model) whose backbone
+    #: tensors are copied wherever shapes agree; the stem for other channels starts fresh
+    #: (training/warm_start.py). Ignored when resuming (the checkpoint has everything).
+    init_from: str | None = None
     input_norm: InputNormConfig = field(default_factory=InputNormConfig)
     #: passed to facepriv.models.build_head: type softmax|partial_fc, margin arcface|cosface|combined,
     #: s, m (or m1/m2/m3), and for partial_fc sample_rate, seed.

@@ -131,8 +131,15 @@ class Trainer:
         self.steps_per_epoch = self.sampler.batches_per_epoch
 
         # ---- model: one frontend config on every rank (PartialFace draws its secret at construction)
+        built_here = recognizer is None
         if recognizer is None:
             recognizer = self._build_recognizer(shared)
+        #: what ``init_from`` transferred (None: no warm start, e.g. a resumed run)
+        self.warm_start: dict[str, Any] | None = None
+        if cfg.init_from and built_here and resume_dir is None:
+            from .warm_start import warm_start_backbone
+
+            self.warm_start = warm_start_backbone(recognizer, cfg.init_from)
         self.recognizer = recognizer.to(self.device)
         self.frontend = recognizer.frontend
         if self.env.distributed:  # independent frontend randomness per rank (noise, subset draws)
@@ -530,6 +537,7 @@ class Trainer:
             "bad_samples": self.bad_samples_total(),
             "nonfinite_steps": self.nonfinite_steps, "epsilon": self.epsilon(),
             "privacy_report": _safe_privacy_report(self.frontend),
+            "warm_start": self.warm_start,
             "verification": {k: v["flat"] for k, v in self.last_eval.items()},
         }
 
