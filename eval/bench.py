@@ -15,6 +15,7 @@ BENCHMARKS = {
     "metrics": ("facepriv.eval.benchmarks.metrics", "TPR@FPR on 10M/100M scores vs sklearn.metrics.roc_curve"),
     "train": ("facepriv.eval.benchmarks.train", "training throughput of IResNet-18 with RGB vs PartialFace vs DCTDP"),
     "fed": ("facepriv.eval.benchmarks.fed", "central vs FedAvg vs PFM accuracy and federated round overhead"),
+    "gpu": ("facepriv.eval.benchmarks.gpu", "one prepared GPU-window check: CUDA correctness, DDP, throughput, a short real run"),
 }
 
 

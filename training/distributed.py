@@ -46,14 +46,20 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is available."""
+def resolve_device(preference: str = "auto", local_rank: int = 0, *, share_devices: bool = False) -> torch.device:
+    """``auto`` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is available.
+
+    ``share_devices`` (gloo only: NCCL refuses two ranks on one GPU) lets more ranks than
+    GPUs share them round-robin, e.g. a 2-rank DDP check on a one-GPU machine.
+    """
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("device: cuda requested but torch.cuda.is_available() is False (CPU-only torch build?)")
         n = torch.cuda.device_count()
+        if local_rank >= n and share_devices and n > 0:
+            return torch.device("cuda", local_rank % n)
         if local_rank >= n:
             raise RuntimeError(f"LOCAL_RANK={local_rank} but only {n} CUDA devices are visible")
         return torch.device("cuda", local_rank)
@@ -69,7 +75,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_minute
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, share_devices=backend == "gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if dist.is_available() and dist.is_initialized():

@@ -131,13 +131,25 @@ def parse_frontends(text: str) -> list[str]:
 # --------------------------------------------------------------------------- building blocks
 
 
-def frontend_options(name: str, seed: int) -> dict[str, Any]:
-    """The frontend as the shipped iresnet18 configs train it, with fixed seeds (no OS entropy)."""
+def frontend_options(name: str, seed: int, image_size: int = 112) -> dict[str, Any]:
+    """The frontend as the shipped iresnet18 configs train it, with fixed seeds (no OS entropy).
+
+    Frontends whose learned or per-position state depends on the face size (DCTDP's
+    per-element budget) are built for ``image_size``.
+    """
+    import inspect
+
+    from facepriv.frontends import FRONTENDS
+
+    opts: dict[str, Any] = {"name": name}
     if name == "partialface":
-        return {"name": name, "secret_seed": seed + 1, "train_seed": seed, "inference_seed": seed + 2}
-    if name == "dctdp":
-        return {"name": name, "epsilon_mean": 4.0, "allocation": "element", "train_seed": seed, "inference_seed": seed + 3}
-    return {"name": name}
+        opts.update({"secret_seed": seed + 1, "train_seed": seed, "inference_seed": seed + 2})
+    elif name == "dctdp":
+        opts.update({"epsilon_mean": 4.0, "allocation": "element", "train_seed": seed, "inference_seed": seed + 3})
+    cls = FRONTENDS.get(name)
+    if cls is not None and "input_size" in inspect.signature(cls.__init__).parameters:
+        opts["input_size"] = int(image_size)
+    return opts
 
 
 def train_config(name: str, s: TrainBenchSettings) -> Any:
@@ -148,7 +160,7 @@ def train_config(name: str, s: TrainBenchSettings) -> Any:
         "name": f"bench-train-{name}", "seed": s.seed, "device": s.device,
         "data": {"format": "synthetic", "batch_size": s.batch_size, "num_workers": 0, "image_size": s.image_size,
                  "hflip": True, "pin_memory": False, "dtype": "uint8", "num_classes": s.num_classes},
-        "frontend": frontend_options(name, s.seed),
+        "frontend": frontend_options(name, s.seed, s.image_size),
         "model": {"name": s.model, "embedding_size": 512, "width": s.width},
         "input_norm": {"mode": "auto", "calibration_batches": 1},
         "head": {"type": "softmax", "margin": "arcface", "s": 64.0, "m": 0.5},

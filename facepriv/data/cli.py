@@ -4,6 +4,7 @@ Sub-commands:
   align    detect + 5-point align a folder of photos to 112x112 (report of every failure)
   synth    write a synthetic identity folder (LFW naming) and optionally a pairs.txt
   pack     identity folder -> insightface train.rec/train.idx
+  bundle   training set + test pairs + cached teacher embeddings as one compact pack (GPU windows)
   inspect  counts, classes and a sanity summary of a folder, .rec, .bin or pairs.txt
 """
 
@@ -115,6 +116,29 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)} unreadable images:")
         for p, r in report.skipped[:20]:
             print(f"  {p}: {r}")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .pack import write_pack
+
+    teacher, info = None, None
+    if args.teacher:
+        from facepriv.judges import build_judge
+
+        judge = build_judge(args.teacher)
+        info = {k: v for k, v in judge.describe().items() if k != "models_dir"}
+
+        def teacher(images):  # noqa: ANN001, ANN202 - float RGB batch -> unit embeddings
+            return judge.embed(images)
+
+    summary = write_pack(args.out, args.train, args.pairs, args.images, teacher=teacher, teacher_info=info,
+                         quality=args.quality, max_mb=args.max_mb, progress=not args.quiet)
+    print(f"packed {summary.train_images} training images of {summary.identities} identities, "
+          f"{summary.test_images} test images / {summary.test_pairs} pairs, teacher: {args.teacher or 'none'} "
+          f"-> {summary.out} ({summary.total_mb:.1f} MB)")
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped)} unreadable training images (listed in manifest.json)")
     return 0
 
 
@@ -277,6 +301,24 @@ def build_parser(prog: str = "facepriv data") -> argparse.ArgumentParser:
     k.add_argument("--no-verify", action="store_true", help="do not decode images before packing")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(func=_cmd_pack)
+
+    b = sub.add_parser(
+        "bundle", help="training set + test pairs + teacher embeddings as one compact pack (for GPU windows)",
+        description="Write a self-checking pack (RecordIO train/test, pairs, teacher embeddings, manifest with "
+                    "SHA-256) small enough to carry to a short GPU window. Example (LFW-half, after "
+                    "`facepriv experiment lfw-half --data ../shared/data --out runs/lfw --stages data`): "
+                    "facepriv data bundle --train runs/lfw/data/train --pairs runs/lfw/data/pairs_folds5-9.txt "
+                    "--images ../shared/data/lfw/aligned112 --teacher dlib --out .pack/lfw_half")
+    b.add_argument("--train", required=True, help="identity folder of training images")
+    b.add_argument("--pairs", required=True, help="LFW-style pairs.txt of the test protocol")
+    b.add_argument("--images", required=True, help="image root the pairs file refers to")
+    b.add_argument("--teacher", default=None,
+                   help="embed the original training images with this judge (dlib, model.onnx, checkpoint.pt)")
+    b.add_argument("--out", required=True, help="pack folder to write")
+    b.add_argument("--quality", type=int, default=70, help="JPEG quality of the re-encoded images (default 70)")
+    b.add_argument("--max-mb", type=float, default=50.0, help="fail if the pack is larger (default 50)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_bundle)
 
     i = sub.add_parser("inspect", help="summarise a folder, .rec/.idx, .bin or pairs.txt")
     i.add_argument("path", help="dataset folder, train.rec folder, .rec/.idx, .bin or pairs .txt")
