@@ -170,12 +170,15 @@ class DPConfig:
 
     enabled: bool = False
     epsilon: float = 8.0
-    delta: float = 1e-5
+    #: None: 1 / (10 N) for N training images (a delta of 1/N or more is allowed with a warning).
+    delta: float | None = None
     max_grad_norm: float = 1.0
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     #: Poisson sampling is what the accountant assumes; turning it off breaks the guarantee.
     poisson_sampling: bool = True
-    #: cryptographically secure noise (slower; needs torchcsprng for full effect).
+    #: noise and Poisson sampling from keyed SHAKE-256 (a CSPRNG) with Opacus' floating-point
+    #: mitigation instead of torch's generators (slower). Either way the randomness is seeded
+    #: from the OS CSPRNG, never from ``seed`` (see facepriv.training.dp_random).
     secure_mode: bool = False
 
 
@@ -457,8 +460,8 @@ def validate_config(cfg: TrainConfig, *, source: str | None = None) -> None:
         if not vs.path:
             fail(f"eval.sets[{i}].path is required")
     if cfg.dp.enabled:
-        if cfg.dp.epsilon <= 0 or not 0 < cfg.dp.delta < 1 or cfg.dp.max_grad_norm <= 0:
-            fail("dp: epsilon > 0, 0 < delta < 1 and max_grad_norm > 0 are required")
+        if cfg.dp.epsilon <= 0 or (cfg.dp.delta is not None and not 0 < cfg.dp.delta < 1) or cfg.dp.max_grad_norm <= 0:
+            fail("dp: epsilon > 0, 0 < delta < 1 (or null) and max_grad_norm > 0 are required")
         if cfg.distill.enabled:
             fail("dp.enabled and distill.enabled cannot be combined (the teacher's embeddings are not privatised)")
     if cfg.distill.enabled and cfg.distill.cosine_weight <= 0 and cfg.distill.head_weight <= 0:

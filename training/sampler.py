@@ -15,7 +15,7 @@ slice of each *global* batch, so:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -97,3 +97,43 @@ class ShardedBatchSampler(Sampler[list[int]]):
             "epoch": self.epoch,
             "start_batch": self.start_batch,
         }
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """DP-SGD's batches: each step includes every sample independently with rate ``1/steps``.
+
+    ``mask_fn(epoch, step, num_samples, rate)`` returns the inclusion mask of one step; the
+    trainer passes ``DPRandomness.poisson_mask``, a pure function of a secret OS key and
+    (epoch, step). Like ``ShardedBatchSampler`` the position is the whole state, so a run
+    resumes mid-epoch exactly, and batches prefetched by DataLoader workers never advance a
+    generator that a checkpoint would have to capture. Batch sizes vary (they may be empty).
+    """
+
+    def __init__(self, num_samples: int, steps_per_epoch: int,
+                 mask_fn: Callable[[int, int, int, float], torch.Tensor]) -> None:
+        if num_samples < 1 or steps_per_epoch < 1:
+            raise ValueError(f"Poisson sampling needs samples and steps, got {num_samples} and {steps_per_epoch}")
+        self.num_samples = num_samples
+        self.steps_per_epoch = steps_per_epoch
+        self.sample_rate = 1.0 / steps_per_epoch
+        self.mask_fn = mask_fn
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.steps_per_epoch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.steps_per_epoch:
+            raise ValueError(f"start_batch {start_batch} outside [0, {self.steps_per_epoch}]")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.start_batch, self.steps_per_epoch):
+            mask = self.mask_fn(self.epoch, b, self.num_samples, self.sample_rate)
+            yield mask.nonzero().flatten().tolist()

@@ -161,7 +161,7 @@ class Trainer:
         if cfg.dp.enabled:
             from .dp_sgd import DPSGD
 
-            self.dp = DPSGD(cfg, self.recognizer, self.num_classes, self.env)
+            self.dp = DPSGD(cfg, self.recognizer, self.num_classes, self.env, num_samples=len(self.dataset))
             head = self.dp.head
         elif use_head and head is None:
             head = build_margin_head(cfg, embedding_size(self.recognizer), self.num_classes)
@@ -171,6 +171,8 @@ class Trainer:
         if self.dp is not None:
             self.optimizer, self.loader = self.dp.make_private(self.optimizer, self.loader, self.steps_per_epoch)
             self.steps_per_epoch = len(self.loader)
+        #: what next_batch positions: the sharded order, or DP-SGD's secret Poisson draws
+        self._batch_sampler = self.loader.batch_sampler
         self.scheduler, self.schedule = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch)
         self.amp_dtype = None if self.dp is not None else resolve_amp(cfg.optim.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -395,12 +397,9 @@ class Trainer:
         """The next batch of this rank's shard; epochs roll over automatically."""
         for _ in range(2):
             if self._iter is None:
-                if self.dp is None:
-                    self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-                    self._loader_generator.manual_seed(derive_seed("loader", self.cfg.seed, self.epoch, self.env.rank))
-                else:  # Poisson sampling draws from this generator; a resumed epoch gets fresh draws
-                    self._loader_generator.manual_seed(
-                        derive_seed("dp-loader", self.cfg.seed, self.epoch, self.batch_in_epoch, self.env.rank))
+                # both samplers are pure functions of their position (DP-SGD's also of a secret key)
+                self._batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
+                self._loader_generator.manual_seed(derive_seed("loader", self.cfg.seed, self.epoch, self.env.rank))
                 self._iter = iter(self.loader)
             try:
                 batch = next(self._iter)
@@ -536,6 +535,7 @@ class Trainer:
             "world_size": self.env.world_size, "num_classes": self.num_classes, "num_samples": len(self.dataset),
             "bad_samples": self.bad_samples_total(),
             "nonfinite_steps": self.nonfinite_steps, "epsilon": self.epsilon(),
+            "dp_sgd": self.dp.report() if self.dp is not None else None,
             "privacy_report": _safe_privacy_report(self.frontend),
             "warm_start": self.warm_start,
             "verification": {k: v["flat"] for k, v in self.last_eval.items()},
@@ -562,19 +562,7 @@ class Trainer:
             return None
         staging = ckpt.begin_checkpoint(self.run_dir, self.step)
         barrier()
-        rank_state = {
-            "format": ckpt.FORMAT, "version": ckpt.VERSION, "rank": self.env.rank,
-            "head": self.head.state_dict() if self.head is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": capture_rng_state(self._rng_roots()),
-            "sampler": self.sampler.state_dict(),
-            "bad_samples": self.bad_samples,
-            "substituted_samples": self._failures_before_resume + dataset_failure_count(self.dataset),
-            "nonfinite_steps": self.nonfinite_steps,
-            "dp": self.dp.state_dict() if self.dp is not None else None,
-            "distill": self.distill.identity() if self.distill is not None else None,
-        }
+        rank_state = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "rank": self.env.rank, **self.state_dict()}
         ckpt.atomic_torch_save(rank_state, ckpt.rank_file(staging, self.env.rank))
         if self.env.is_main:
             # the weights go in FaceRecognizer format: every checkpoint is directly usable by
@@ -599,6 +587,54 @@ class Trainer:
         barrier()
         return final if final is not None else ckpt.checkpoint_dir(self.run_dir, self.step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """This process's private training state: everything besides the model weights that an
+        exact continuation needs (head, optimiser, GradScaler, LR schedule, position, every
+        RNG state, counters, and DP-SGD's accountant with its *secret* noise/sampling state).
+
+        Checkpoint rank files are this dict; a federated site keeps it in its private site
+        state. It holds secrets: never put it in configs, logs or messages to a server.
+        """
+        return {
+            "head": self.head.state_dict() if self.head is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scheduler": self.scheduler.state_dict(),
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "rng": capture_rng_state(self._rng_roots()),
+            "sampler": self.sampler.state_dict(),
+            "bad_samples": self.bad_samples,
+            "substituted_samples": self._failures_before_resume + dataset_failure_count(self.dataset),
+            "nonfinite_steps": self.nonfinite_steps,
+            "dp": self.dp.state_dict() if self.dp is not None else None,
+            "distill": self.distill.identity() if self.distill is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, where: str = "trainer state") -> None:
+        """Inverse of ``state_dict`` (the model weights are restored separately)."""
+        if self.head is not None:
+            if state.get("head") is None:
+                raise RuntimeError(f"{where}: has no head state")
+            self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.step, self.epoch, self.batch_in_epoch = int(progress["step"]), int(progress["epoch"]), int(progress["batch_in_epoch"])
+        self._iter = None
+        sampler_state = state.get("sampler")
+        if sampler_state is not None and int(sampler_state["seed"]) != self.cfg.seed:
+            raise RuntimeError(f"{where}: written with seed {sampler_state['seed']}, config says {self.cfg.seed}")
+        self.bad_samples = int(state.get("bad_samples", 0))
+        self._failures_before_resume = int(state.get("substituted_samples", 0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        restore_rng_state(state["rng"], self._rng_roots())
+        if self.dp is not None:
+            if state.get("dp") is None:
+                raise RuntimeError(f"{where}: has no DP-SGD state (accountant), but dp.enabled is true")
+            self.dp.load_state_dict(state["dp"])
+
     def _load_shared(self, path: Path) -> dict[str, Any]:
         shared = ckpt.safe_load(path / "shared.pt")
         ckpt.check_format(shared, path / "shared.pt")
@@ -619,25 +655,9 @@ class Trainer:
         from facepriv.models import read_checkpoint
 
         self.recognizer.load_state_dict(read_checkpoint(path / "model.pt")["state_dict"])
-        if self.head is not None:
-            if state["head"] is None:
-                raise RuntimeError(f"{rank_path}: checkpoint has no head state")
-            self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        progress = shared["progress"]
-        self.step, self.epoch, self.batch_in_epoch = int(progress["step"]), int(progress["epoch"]), int(progress["batch_in_epoch"])
-        sampler_state = state["sampler"]
-        if int(sampler_state["seed"]) != self.cfg.seed:
-            raise RuntimeError(f"{rank_path}: checkpoint used seed {sampler_state['seed']}, config says {self.cfg.seed}")
-        self.bad_samples = int(state.get("bad_samples", 0))
-        self._failures_before_resume = int(state.get("substituted_samples", 0))
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
-        restore_rng_state(state["rng"], self._rng_roots())
-        if self.dp is not None and state.get("dp") is not None:
-            self.dp.load_state_dict(state["dp"])
+        # rank files of version-1 checkpoints keep the schedule and position in shared.pt only
+        state = {"scheduler": shared["scheduler"], "progress": shared["progress"], **state}
+        self.load_state_dict(state, where=str(rank_path))
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     def export_model(self, path: str | Path) -> Path:
