@@ -377,7 +377,22 @@ def check_amp_training(device: Any, sz: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_resume(device: Any, sz: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Save on the device, resume in a new Trainer, continue: bit-identical to an uninterrupted run."""
+    """Save on the device, resume in a new Trainer, continue: bit-identical to an uninterrupted run.
+
+    ``deterministic: true`` switches torch to deterministic kernels process-wide; they are
+    switched back afterwards so the throughput section measures the normal fast kernels.
+    """
+    import torch
+
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        return _check_resume(device, sz, work)
+    finally:
+        torch.use_deterministic_algorithms(flags[0])
+        torch.backends.cudnn.benchmark = flags[1]
+
+
+def _check_resume(device: Any, sz: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
 
     n = sz["resume_steps"]
@@ -677,7 +692,37 @@ def evaluate_on_pack(model: Any, test_set: Any, device: Any, repetitions: int) -
             "pairs": int(len(test_set.issame))}
 
 
-def section_real(device: Any, budget: Budget, args: argparse.Namespace) -> dict[str, Any]:
+def planned_steps(recipe: dict[str, Any], frontend: str, n_images: int, seconds: float, warm: bool,
+                  measured: dict[str, Any] | None) -> tuple[int, str]:
+    """Steps for one row: the recipe's epochs, cut to what fits ``seconds`` at the training
+    speed the throughput section measured for this backbone and frontend (a poly schedule
+    that is stopped half-way by the clock would never reach its low learning rates)."""
+    epochs = float(recipe["epochs"]) * (float(recipe["warm_start_epochs_ratio"]) if warm else 1.0)
+    steps = max(2, int(epochs * n_images / recipe["batch_size"]))
+    key = f"{recipe['model']['name']}/{frontend}"
+    row = (measured or {}).get(key) or {}
+    if "faces_per_second" in row and float(recipe["model"].get("width", 1.0)) == float(measured.get("_width", -1)):
+        fit = int(0.8 * seconds * row["faces_per_second"] / recipe["batch_size"])
+        if fit < steps:
+            return max(2, fit), f"cut to fit {seconds:.0f} s at the measured {row['faces_per_second']:.0f} faces/s"
+    return steps, f"{epochs:g} epochs"
+
+
+def save_frontends(path: Path, frontends: dict[str, Any]) -> None:
+    """The trained rows' frontends (config with secrets + state) for attacks run elsewhere.
+
+    This file holds secrets (PartialFace's table, DCTDP's learned allocation): it is the
+    model owner's, like a checkpoint, and must not be published.
+    """
+    import torch
+
+    payload = {name: {"config": json.dumps(fe.config), "state": {k: v.detach().cpu() for k, v in fe.state_dict().items()}}
+               for name, fe in frontends.items()}
+    torch.save(payload, path)
+
+
+def section_real(device: Any, budget: Budget, args: argparse.Namespace,
+                 measured: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
     import yaml
 
@@ -695,33 +740,35 @@ def section_real(device: Any, budget: Budget, args: argparse.Namespace) -> dict[
                            f"{recipe['image_size']}x{recipe['image_size']}"}
     workers = args.workers if args.workers is not None else max(0, min(12, (os.cpu_count() or 2) - 2))
     rows: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
     frontends = [f.strip() for f in args.real_frontends.split(",") if f.strip()]
     rgb_model: str | None = None
     out_dir = Path(args.work_dir) if args.work_dir else Path(args.out) / "real"
+    eval_reserve = 10.0 if args.tiny else 20.0  # embedding the test images, per row
     for i, frontend in enumerate(frontends):
         rows_left = len(frontends) - i
-        seconds = min(float(recipe["row_seconds"]), (budget.left - 15.0) / rows_left)
-        if seconds < 10:
+        seconds = min(float(recipe["row_seconds"]), (budget.left - 5.0) / rows_left - eval_reserve)
+        if seconds < 5:
             rows[frontend] = {"skipped": f"time budget spent ({budget.left:.0f} s left)"}
             continue
         run_dir = out_dir / frontend
         run_dir.mkdir(parents=True, exist_ok=True)
         dataset = pack.train_dataset(dtype="uint8", image_size=recipe["image_size"])
         teacher = install_pack_teacher(pack, dataset, run_dir)
-        epochs = float(recipe["epochs"]) * (float(recipe["warm_start_epochs_ratio"]) if rgb_model and frontend != "rgb" else 1.0)
-        steps = max(2, int(epochs * len(dataset) / recipe["batch_size"]))
         init_from = rgb_model if frontend != "rgb" else None
+        steps, why = planned_steps(recipe, frontend, len(dataset), seconds, bool(init_from), measured)
         cfg = _real_train_config(recipe, frontend, steps, device.type, workers, init_from, str(pack.root / "train.rec"))
         t0 = time.perf_counter()
         try:
             trainer = _trainer(cfg, run_dir=run_dir, dataset=dataset, teacher=teacher)
-            summary = trainer.fit(stop_after_s=seconds)
+            summary = trainer.fit(stop_after_s=seconds * 1.15)
             train_s = time.perf_counter() - t0
             model = trainer.recognizer.eval()
             result = evaluate_on_pack(model, test_set, device, repetitions=1 if frontend in ("rgb", "dct") else 2)
             if frontend == "rgb":
                 rgb_model = str(trainer.export_model(run_dir / "model.pt"))
-            rows[frontend] = {"steps": int(trainer.step), "planned_steps": steps,
+            trained[frontend] = model.frontend
+            rows[frontend] = {"steps": int(trainer.step), "planned_steps": steps, "plan": why,
                               "epochs": round(trainer.step * recipe["batch_size"] / len(dataset), 2),
                               "train_seconds": round(train_s, 1), "warm_start_from": "rgb" if init_from else None,
                               "stopped_by_time": bool(trainer.step < steps), **result,
@@ -732,11 +779,20 @@ def section_real(device: Any, budget: Budget, args: argparse.Namespace) -> dict[
         print(f"[bench gpu] real {frontend}: {rows[frontend]}", file=sys.stderr)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if trained:
+        save_frontends(Path(args.out) / "real_frontends.pt", trained)
     return {"recipe": recipe, "pack": pack.manifest["train"] | {"test_pairs": pack.manifest["test"]["pairs"]},
-            "teacher": pack.manifest["teacher"], "rows": rows}
+            "teacher": pack.manifest["teacher"], "rows": rows,
+            "frontends_file": "real_frontends.pt (secrets: keep private)" if trained else None}
 
 
 # --------------------------------------------------------------------------- the command
+
+
+def measured_speeds(data: dict[str, Any]) -> dict[str, Any]:
+    """The throughput section's training speeds (and the width they were measured at)."""
+    tp = data.get("sections", {}).get("throughput") or {}
+    return {**(tp.get("training_step") or {}), "_width": tp.get("width")}
 
 
 def resolve_device(name: str) -> Any:
@@ -771,7 +827,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "correctness": lambda: section_correctness(device, sz, budget),
         "ddp": lambda: section_ddp(device, sz, budget),
         "throughput": lambda: section_throughput(device, sz, budget, args),
-        "real": lambda: section_real(device, budget, args),
+        "real": lambda: section_real(device, budget, args, measured_speeds(report.data)),
     }
     for name in SECTIONS:
         if name not in wanted:

@@ -99,6 +99,8 @@ def test_bench_gpu_cpu_tiny_runs_every_section(pack_dir: Path, tmp_path: Path) -
     rows = sec["real"]["rows"]
     assert 0.0 <= rows["rgb"]["accuracy"] <= 1.0 and rows["rgb"]["pairs"] == 40
     assert rows["dct"]["warm_start_from"] == "rgb"
+    saved = torch.load(out / "real_frontends.pt", weights_only=True)  # the rows' frontends, for CPU attacks
+    assert set(saved) == {"rgb", "dct"} and json.loads(saved["dct"]["config"])["name"] == "dct"
     md = (out / "gpu.md").read_text()
     assert "## Correctness" in md and "## Training throughput" in md and "## Short real run" in md
 
