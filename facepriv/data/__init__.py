@@ -34,6 +34,7 @@ from .errors import (
     DataError,
     ImageDecodeError,
     RecordIOError,
+    TruncatedRecordError,
     UnsafePickleError,
     VerificationDataError,
 )
@@ -52,7 +53,7 @@ from .recordio import (
     unpack_payload,
     write_dataset,
 )
-from .runtime import FailureLog, FlipPolicy
+from .runtime import FailureLog, FlipPolicy, ResizeLog
 from .safe_pickle import safe_load, safe_loads
 from .synthetic import (
     FaceRenderer,
@@ -68,6 +69,7 @@ from .verification import (
     ArrayImageSource,
     EncodedImageSource,
     FileImageSource,
+    ImageScan,
     VerificationImages,
     VerificationSet,
     contiguous_folds,
@@ -97,14 +99,17 @@ __all__ = [
     "IRHeader",
     "ImageDecodeError",
     "ImageFolderDataset",
+    "ImageScan",
     "InsightFaceDetector",
     "PackReport",
     "RecordIODataset",
     "RecordIOError",
     "RecordIOReader",
     "RecordIOWriter",
+    "ResizeLog",
     "ScanReport",
     "SyntheticFaces",
+    "TruncatedRecordError",
     "UnsafePickleError",
     "VerificationDataError",
     "VerificationImages",

@@ -116,6 +116,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)} unreadable images:")
         for p, r in report.skipped[:20]:
             print(f"  {p}: {r}")
+    if report.stretched:
+        print(f"stretched {len(report.stretched)} images to {args.image_size}x{args.image_size} "
+              f"(aspect ratio changed), e.g. {report.stretched[0]}")
     return 0
 
 
@@ -190,7 +193,7 @@ def _inspect_rec(path: str, args: argparse.Namespace) -> dict[str, Any]:
     from .recordio import RecordIODataset
 
     ds = RecordIODataset(path)
-    labels = ds.labels(progress=not args.quiet)
+    labels = ds.labels(progress=not args.quiet)  # range-checked: every label < ds.label_bound
     counts = np.bincount(labels) if labels.size else np.zeros(0, int)
     summary: dict[str, Any] = {
         "type": "recordio",
@@ -198,10 +201,12 @@ def _inspect_rec(path: str, args: argparse.Namespace) -> dict[str, Any]:
         "idx": ds.reader.idx_path,
         "indexed_records": len(ds.reader),
         "header_record": list(ds.header0) if ds.header0 else None,
+        "declared_identities": ds.declared_classes,
         "images": len(ds),
         "identities": int((counts > 0).sum()),
         "label_range": [int(labels.min()), int(labels.max())] if labels.size else None,
-        "images_per_identity": _stats([int(c) for c in counts if c > 0]),
+        "images_per_identity": _stats(counts[counts > 0].tolist()),
+        "bad_records": [{"record": r, "reason": m} for r, m in ds.bad_records],
     }
     if args.scan:
         bad = ds.verify(progress=not args.quiet)

@@ -27,7 +27,16 @@ class ImageDecodeError(DataError):
 
 
 class RecordIOError(DataError):
-    """A RecordIO ``.rec``/``.idx`` pair is malformed (bad magic, truncated, bad index)."""
+    """A RecordIO ``.rec``/``.idx`` pair is malformed (bad magic, truncated, bad index, bad label)."""
+
+
+class TruncatedRecordError(RecordIOError):
+    """A record runs past the end of its ``.rec``: the file was cut short (a broken copy).
+
+    Kept apart from other record errors because it says something about the whole file,
+    which a strict reader refuses at open time, whereas one corrupt record in the middle
+    (bad magic, a NaN label) is substituted and reported like an undecodable image.
+    """
 
 
 class UnsafePickleError(DataError):

@@ -7,14 +7,19 @@ split, the identities of one federated client) are selected by name and relabell
 ``0..K-1`` in sorted order, or with an explicit ``label_map`` when a caller needs global
 labels.
 
-Bad files: ``scan()`` decodes every file once and drops the bad ones with a report;
-at run time a file that fails anyway is recorded in ``failures`` and replaced by the next
-readable sample (deterministic), so a week-long run never dies on one corrupt JPEG.
+Bad files: ``scan()`` decodes every file once and drops the bad ones with a report (kept
+as ``scan_report``, summarised in a warning and appended to the failure log, so a config
+that just says ``scan: true`` still tells the user what went missing); at run time a file
+that fails anyway is recorded in ``failures`` and replaced by the next readable sample
+(deterministic), so a week-long run never dies on one corrupt JPEG. Files of another size
+are resized to ``image_size``; those whose aspect ratio changes (stretched faces) are
+counted in ``resizes`` and warned about.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +30,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataError, ImageDecodeError
-from .images import IMAGE_EXTENSIONS, image_size_arg, read_image, resize_to, to_tensor
-from .runtime import FailureLog, FlipPolicy
+from .images import IMAGE_EXTENSIONS, image_size_arg, read_image, resize_to, stretches, to_tensor
+from .runtime import FailureLog, FlipPolicy, ResizeLog
 
 #: How many consecutive substitutes to try before concluding the dataset is unreadable.
 MAX_SUBSTITUTE_TRIES = 64
@@ -34,7 +39,11 @@ MAX_SUBSTITUTE_TRIES = 64
 
 @dataclass
 class ScanReport:
-    """Result of decoding every file once: what is usable and what is not (with reasons)."""
+    """Result of decoding every file once: what is usable and what is not (with reasons).
+
+    ``stretched`` counts readable files whose aspect ratio differs from the dataset's
+    ``image_size`` (they will be deformed when resized); 0 without an ``image_size``.
+    """
 
     root: str
     total: int = 0
@@ -42,6 +51,7 @@ class ScanReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     empty_classes: list[str] = field(default_factory=list)
+    stretched: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,7 +61,21 @@ class ScanReport:
             "bad": [{"path": p, "reason": r} for p, r in self.bad],
             "sizes": self.sizes,
             "empty_classes": self.empty_classes,
+            "stretched": self.stretched,
         }
+
+    def message(self, size: tuple[int, int] | None = None) -> str | None:
+        """One-paragraph warning text, or None when there is nothing to warn about."""
+        parts = []
+        if self.bad:
+            shown = "; ".join(f"{p}: {r}" for p, r in self.bad[:3])
+            more = f" and {len(self.bad) - 3} more" if len(self.bad) > 3 else ""
+            parts.append(f"{len(self.bad)} of {self.total} images are unreadable and were dropped ({shown}{more})")
+        if self.empty_classes:
+            parts.append(f"{len(self.empty_classes)} identities have no readable image left (e.g. {self.empty_classes[:3]})")
+        if self.stretched and size is not None:
+            parts.append(f"{self.stretched} images will be stretched to {size[0]}x{size[1]} (aspect ratio changes)")
+        return f"{self.root}: " + "; ".join(parts) if parts else None
 
 
 def list_identity_folders(root: str | os.PathLike[str]) -> list[str]:
@@ -151,6 +175,7 @@ class ImageFolderDataset(Dataset):
         self.on_error = on_error
         self.flip_policy = FlipPolicy(flip, generator) if flip > 0 else None
         self.failures = FailureLog(failure_log)
+        self.resizes = ResizeLog()
 
         available = list_identity_folders(root)
         if identities is None:
@@ -223,7 +248,10 @@ class ImageFolderDataset(Dataset):
     def load_rgb(self, index: int) -> np.ndarray:
         """Decode sample ``index`` to uint8 RGB (resized to ``image_size``); raises on failure."""
         path, _ = self.samples[index]
-        return resize_to(read_image(path), self.image_size)
+        rgb = read_image(path)
+        if self.image_size is not None:
+            self.resizes.record(path, rgb.shape, self.image_size)
+        return resize_to(rgb, self.image_size)
 
     def _load_with_substitution(self, index: int) -> tuple[np.ndarray, int, int]:
         n = len(self.samples)
@@ -264,7 +292,9 @@ class ImageFolderDataset(Dataset):
 
         Returns the report (also kept as ``scan_report``). Identities left with no images
         stay in ``class_names`` (labels must not shift) and are listed in
-        ``empty_classes``.
+        ``empty_classes``. Anything dropped (or to be stretched) is also summarised in one
+        ``RuntimeWarning``, and every dropped file is appended to the failure log, because a
+        caller that only set ``scan=True`` would otherwise never hear of it.
         """
         from tqdm import tqdm
 
@@ -279,12 +309,18 @@ class ImageFolderDataset(Dataset):
                 continue
             key = f"{rgb.shape[0]}x{rgb.shape[1]}"
             report.sizes[key] = report.sizes.get(key, 0) + 1
+            report.stretched += int(stretches(rgb.shape, self.image_size))
             kept.append((path, label))
         report.ok = len(kept)
         labels_left = {label for _, label in kept}
         report.empty_classes = [n for n in self.class_names if self.class_to_idx[n] not in labels_left]
         self.samples = kept
         self.scan_report = report
+        for path, reason in report.bad:
+            self.failures.note(path, reason, action="dropped by scan")
+        msg = report.message(self.image_size)
+        if msg is not None:
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return report
 
     def subset(self, identities: Iterable[str], *, keep_labels: bool = False) -> ImageFolderDataset:
@@ -296,6 +332,7 @@ class ImageFolderDataset(Dataset):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.failures = FailureLog(self.failures.log_path)
+        new.resizes = ResizeLog()
         new.class_names = sorted(names)
         new.class_to_idx = (
             {n: self.class_to_idx[n] for n in new.class_names}

@@ -119,8 +119,33 @@ def write_image(path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95
     p.write_bytes(encode_image(rgb, p.suffix or ".png", quality))
 
 
+#: relative change of the aspect ratio above which a resize counts as stretching the face
+STRETCH_TOLERANCE = 0.01
+
+
+def stretches(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool:
+    """True when resizing an image of ``shape`` (h, w, ...) to ``size`` changes its aspect ratio.
+
+    Why it matters: ``resize_to`` scales height and width independently, so a 200x150 photo
+    becomes a 112x112 face squeezed by a third: not the aligned face a recogniser expects.
+    Readers count such images and warn instead of doing it silently. Ratios within
+    ``STRETCH_TOLERANCE`` (a pixel of rounding) do not count.
+    """
+    if size is None:
+        return False
+    h, w = int(shape[0]), int(shape[1])
+    th, tw = int(size[0]), int(size[1])
+    if (h, w) == (th, tw) or h <= 0 or w <= 0:
+        return False
+    return abs((h * tw) / (w * th) - 1.0) > STRETCH_TOLERANCE
+
+
 def resize_to(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resize to ``(height, width)`` when it differs (area filter when shrinking)."""
+    """Resize to ``(height, width)`` when it differs (area filter when shrinking).
+
+    Height and width are scaled independently (see ``stretches``); callers that accept
+    arbitrary files count or refuse aspect-ratio changes.
+    """
     if size is None:
         return rgb
     h, w = int(size[0]), int(size[1])

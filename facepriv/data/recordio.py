@@ -20,13 +20,21 @@ Format (dmlc-core ``recordio`` as used by ``mx.recordio.MXIndexedRecordIO``):
 
 Readers use positional reads (``os.pread``) on a lazily opened descriptor, so a dataset
 pickles into DataLoader workers and each worker opens its own file.
+
+Nothing a file *claims* is trusted further than the file can back it: every read is capped
+at the bytes the ``.rec`` really has, the header record's image count must fit the index
+and its identity count the images, and a label must be an integer in ``[0, classes)`` (classes from the header
+record or insightface's ``property`` file, else at most the number of images). A record that
+breaks a rule is one bad record (substituted and reported), never a 128 GB classifier head.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +44,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, ImageDecodeError, RecordIOError
-from .images import decode_image, encode_image, image_size_arg, resize_to, to_tensor
-from .runtime import FailureLog, FlipPolicy
+from .errors import DataError, ImageDecodeError, RecordIOError, TruncatedRecordError
+from .images import decode_image, encode_image, image_size_arg, resize_to, stretches, to_tensor
+from .runtime import FailureLog, FlipPolicy, ResizeLog
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -204,7 +212,12 @@ class RecordIOReader:
             self.keys = list(self.index)
         if strict and self.index:
             last_key = max(self.index, key=self.index.__getitem__)
-            self.read(last_key)  # raises RecordIOError if the tail is cut
+            try:
+                self.read(last_key)
+            except TruncatedRecordError:
+                raise  # the tail is cut: the whole copy is suspect
+            except RecordIOError:
+                pass  # one corrupt record (bad magic...): substituted and reported when read
 
     # picklable: the descriptor is per process
     def __getstate__(self) -> dict[str, Any]:
@@ -221,6 +234,12 @@ class RecordIOReader:
         return self._fd
 
     def _pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``, never more than the file has after it.
+
+        ``os.pread`` allocates its buffer at the requested size before reading, so a corrupt
+        length field (up to 512 MB per frame) must not reach it unchecked.
+        """
+        n = max(0, min(int(n), self.file_size - int(offset)))
         fd = self._open()
         if hasattr(os, "pread"):
             return os.pread(fd, n, offset)
@@ -255,7 +274,7 @@ class RecordIOReader:
         while True:
             head = self._pread(8, pos)
             if len(head) < 8:
-                raise RecordIOError(
+                raise TruncatedRecordError(
                     f"{self.rec_path}: truncated record header at offset {pos} (file has {self.file_size} bytes)"
                 )
             magic, lrec = struct.unpack("<II", head)
@@ -273,9 +292,14 @@ class RecordIOReader:
                 raise RecordIOError(
                     f"{self.rec_path}: split record continued with cflag {cflag} at offset {pos} (expected 2 or 3)"
                 )
+            if pos + 8 + length > self.file_size:
+                raise TruncatedRecordError(
+                    f"{self.rec_path}: truncated record at offset {pos}: needs {length} payload bytes, "
+                    f"only {max(0, self.file_size - pos - 8)} left (file has {self.file_size} bytes)"
+                )
             data = self._pread(length, pos + 8) if length else b""
-            if len(data) < length:
-                raise RecordIOError(
+            if len(data) < length:  # pragma: no cover - the file shrank while we read it
+                raise TruncatedRecordError(
                     f"{self.rec_path}: truncated record at offset {pos}: needs {length} payload bytes, "
                     f"only {len(data)} left (file has {self.file_size} bytes)"
                 )
@@ -369,13 +393,14 @@ class RecordIOWriter:
 
 @dataclass
 class PackReport:
-    """What ``pack_folder`` wrote and what it had to skip (never silently)."""
+    """What ``pack_folder`` wrote and what it had to skip or stretch (never silently)."""
 
     rec_path: str
     idx_path: str
     images: int = 0
     classes: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    stretched: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -384,6 +409,7 @@ class PackReport:
             "images": self.images,
             "classes": self.classes,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "stretched": list(self.stretched),
         }
 
 
@@ -444,7 +470,7 @@ def pack_folder(
 
     Files are stored as-is (no re-encode) unless ``image_size`` asks for a resize. With
     ``verify`` every image is decoded first; unreadable ones are skipped and listed in the
-    report. Also writes insightface's ``property`` file (``classes,h,w``) next to the .rec.
+    report, as are images whose aspect ratio the resize changes (``stretched``). Also writes insightface's ``property`` file (``classes,h,w``) next to the .rec.
     """
     from tqdm import tqdm
 
@@ -463,6 +489,8 @@ def pack_folder(
                 if verify or size is not None:
                     rgb = decode_image(data, path)
                     if size is not None and rgb.shape[:2] != size:
+                        if stretches(rgb.shape, size):
+                            report.stretched.append(path)
                         rgb = resize_to(rgb, size)
                         data = encode_image(rgb, ".jpg", quality)
                     if not first_shape:
@@ -481,14 +509,46 @@ def pack_folder(
 
 
 # -- dataset --------------------------------------------------------------------------------
+def _integral(value: float) -> int | None:
+    """``value`` as an int if it is a finite whole number, else None (NaN, inf, 3.5)."""
+    v = float(value)
+    if not math.isfinite(v) or v != math.floor(v):
+        return None
+    return int(v)
+
+
+def read_property(rec_path: str | os.PathLike[str]) -> int | None:
+    """Class count from insightface's ``property`` file (``classes,h,w``) next to a ``train.rec``.
+
+    Only ``train.rec`` is paired with it (a folder may hold several ``.rec`` files, and the
+    file describes the training set). ``None`` when there is no such file.
+    """
+    rec = Path(rec_path)
+    prop = rec.with_name("property")
+    if rec.name != "train.rec" or not prop.is_file():
+        return None
+    text = prop.read_text(encoding="ascii", errors="replace").strip()
+    first = text.split(",")[0].strip()
+    if not first.isdigit() or int(first) < 1:
+        raise RecordIOError(f"{prop}: expected 'classes,height,width' with a positive class count, got {text[:80]!r}")
+    return int(first)
+
+
 class RecordIODataset(Dataset):
     """insightface ``train.rec`` as a torch Dataset: ``(image, label)``.
 
     Mirrors ``MXFaceDataset``: if record 0 has ``flag > 0`` its label gives the image ids
     ``1..label[0]-1``; otherwise every indexed key is an image. Images are returned as
     ``3 x H x W`` RGB float in [0, 1] (or uint8), optionally flipped per
-    ``(seed, epoch, index)``. A record that fails to read or decode at run time is
-    recorded in ``failures`` and replaced by the next readable one.
+    ``(seed, epoch, index)``. A record that fails to read or decode at run time, or whose
+    label is not an integer in ``[0, label_bound)``, is recorded in ``failures`` and replaced
+    by the next readable one; ``labels()`` applies the same substitution and lists such
+    records in ``bad_records``.
+
+    ``declared_classes`` is the class count the file states: the identity records of the
+    header (``label[1] - label[0]``) and, for ``train.rec``, the ``property`` file (the larger
+    if both). Neither may exceed the number of images (every class needs one). Without one,
+    labels are bounded by the number of images and ``num_classes`` is the largest label + 1.
     """
 
     def __init__(
@@ -513,25 +573,69 @@ class RecordIODataset(Dataset):
         self.image_size = image_size_arg(image_size)
         self.flip_policy = FlipPolicy(flip, generator) if flip > 0 else None
         self.failures = FailureLog(failure_log)
+        self.resizes = ResizeLog()
         self.header0: tuple[int, int] | None = None
-        if 0 in self.reader.index:
-            h0 = self.reader.read_header(0)
-        else:
-            h0 = None
+        h0 = self._read_header0()
+        header_classes: int | None = None
         if h0 is not None and h0.flag > 0:
-            lab = np.asarray(h0.label).reshape(-1)
-            end = int(lab[0])
-            self.header0 = (end, int(lab[1]) if lab.size > 1 else end)
+            self.header0 = self._header_range(h0)
+            end = self.header0[0]
             self.imgidx = np.arange(1, end, dtype=np.int64)
-            missing = [int(k) for k in self.imgidx if int(k) not in self.reader.index]
-            if missing:
+            indexed = np.isin(self.imgidx, np.fromiter(self.reader.index, dtype=np.int64, count=len(self.reader)))
+            if not indexed.all():
                 raise RecordIOError(
                     f"{self.reader.idx_path}: header record says images are keys 1..{end - 1} but "
-                    f"{len(missing)} are not indexed (first: {missing[0]})"
+                    f"{int((~indexed).sum())} are not indexed (first: {int(self.imgidx[~indexed][0])})"
                 )
+            header_classes = (self.header0[1] - end) or None
         else:
             self.imgidx = np.asarray(self.reader.keys, dtype=np.int64)
+        declared = [c for c in (header_classes, read_property(self.reader.rec_path)) if c is not None]
+        self.declared_classes: int | None = max(declared) if declared else None
+        n = len(self.imgidx)
+        if self.declared_classes is not None and self.declared_classes > n:
+            raise RecordIOError(
+                f"{self.reader.rec_path}: the header record / property file declare {self.declared_classes} "
+                f"identities but the file holds only {n} images (every identity needs one); the header or "
+                "property file is corrupt or belongs to another dataset"
+            )
+        #: labels must lie in [0, label_bound): the declared class count, else the image count
+        self.label_bound = self.declared_classes if self.declared_classes is not None else n
+        self.bad_records: list[tuple[str, str]] = []
         self._labels: np.ndarray | None = None
+
+    def _read_header0(self) -> IRHeader | None:
+        """Record 0's header, or None when key 0 is not indexed (plain record lists)."""
+        if 0 not in self.reader.index:
+            return None
+        try:
+            return self.reader.read_header(0)
+        except RecordIOError as exc:
+            raise RecordIOError(
+                f"header record 0 is unreadable, so the image range is unknown: {exc}"
+            ) from exc
+
+    def _header_range(self, h0: IRHeader) -> tuple[int, int]:
+        """``(end of images, end of identity records)`` from record 0, checked against the index.
+
+        A header is trusted only as far as the index backs it: ``np.arange`` over a claimed
+        billion images would allocate 8 GB before the first check could fail.
+        """
+        lab = np.asarray(h0.label, dtype=np.float64).reshape(-1)
+        ends = [_integral(v) for v in lab[:2]]
+        where = f"{self.reader.rec_path}#0 (header record)"
+        if any(e is None for e in ends):
+            raise RecordIOError(f"{where}: label {lab[:2].tolist()} is not a pair of whole numbers")
+        end = int(ends[0])  # type: ignore[arg-type]
+        ids_end = int(ends[1]) if len(ends) > 1 else end  # type: ignore[arg-type]
+        n_indexed = len(self.reader)
+        if not 1 <= end <= n_indexed:
+            raise RecordIOError(
+                f"{where}: says images are keys 1..{end - 1}, but the index has only {n_indexed} records"
+            )
+        if ids_end < end:
+            raise RecordIOError(f"{where}: identity records end ({ids_end}) before the images do ({end})")
+        return end, ids_end
 
     def __len__(self) -> int:
         return len(self.imgidx)
@@ -540,13 +644,34 @@ class RecordIODataset(Dataset):
         if self.flip_policy is not None:
             self.flip_policy.set_epoch(epoch)
 
+    def _checked_label(self, header: IRHeader, source: str) -> int:
+        """The record's class label, or ``RecordIOError`` when it cannot be a class index."""
+        lab = header.label
+        if isinstance(lab, np.ndarray):
+            if lab.size == 0:
+                raise RecordIOError(f"{source}: empty label array")
+            value = float(lab.reshape(-1)[0])
+        else:
+            value = float(lab)
+        label = _integral(value)
+        if label is None or not 0 <= label < self.label_bound:
+            bound = (
+                f"{self.declared_classes} identities declared by the file" if self.declared_classes is not None
+                else f"{self.label_bound} images, the most identities the file can hold"
+            )
+            raise RecordIOError(f"{source}: label {value!r} is not an integer in [0, {self.label_bound}) ({bound})")
+        return label
+
     def read_sample(self, index: int) -> tuple[np.ndarray, int]:
-        """Decode sample ``index`` (uint8 RGB, label); raises on any failure."""
+        """Decode sample ``index`` (uint8 RGB, label); raises on any failure, a bad label included."""
         key = int(self.imgidx[index])
         source = f"{self.reader.rec_path}#{key}"
         header, data = unpack_payload(self.reader.read(key), source)
+        label = self._checked_label(header, source)
         rgb = decode_image(data, source)
-        return resize_to(rgb, self.image_size), header.class_label
+        if self.image_size is not None:
+            self.resizes.record(source, rgb.shape, self.image_size)
+        return resize_to(rgb, self.image_size), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         n = len(self.imgidx)
@@ -576,13 +701,39 @@ class RecordIODataset(Dataset):
         )
 
     def labels(self, progress: bool = False) -> np.ndarray:
-        """Label of every sample (reads each record header once; cached)."""
+        """Label of every sample (reads each record header once; cached).
+
+        A record whose header is unreadable or whose label is out of range gets the label of
+        the next good record (the sample ``__getitem__`` substitutes for it); such records are
+        listed in ``bad_records`` and summarised in one warning.
+        """
         if self._labels is None:
             from tqdm import tqdm
 
-            out = np.empty(len(self.imgidx), dtype=np.int64)
+            out = np.full(len(self.imgidx), -1, dtype=np.int64)
+            bad: list[tuple[str, str]] = []
             for i, key in enumerate(tqdm(self.imgidx, desc="labels", disable=not progress)):
-                out[i] = self._header_only(int(key)).class_label
+                source = f"{self.reader.rec_path}#{int(key)}"
+                try:
+                    out[i] = self._checked_label(self._header_only(int(key)), source)
+                except RecordIOError as exc:
+                    bad.append((source, str(exc)))
+            if bad:
+                good = np.flatnonzero(out >= 0)
+                if good.size == 0:
+                    raise DataError(
+                        f"{self.reader.rec_path}: none of the {len(out)} records has a readable header and a valid "
+                        f"label (first: {bad[0][1]}); is the .idx from another file?"
+                    )
+                missing = np.flatnonzero(out < 0)
+                out[missing] = out[good[np.searchsorted(good, missing) % good.size]]
+                warnings.warn(
+                    f"{self.reader.rec_path}: {len(bad)} of {len(out)} records have an unreadable header or an "
+                    f"invalid label and are substituted by the next good record (first: {bad[0][1]})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self.bad_records = bad
             self._labels = out
         return self._labels
 
@@ -603,6 +754,9 @@ class RecordIODataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """The declared class count, else the largest (valid) label + 1."""
+        if self.declared_classes is not None:
+            return self.declared_classes
         lab = self.labels()
         return int(lab.max()) + 1 if lab.size else 0
 

@@ -8,6 +8,14 @@ needs are the ones numpy uses to rebuild arrays (some converters store each imag
 uint8 array from ``cv2.imencode`` and ``issame`` as a bool array) and ``_codecs.encode``,
 which Python 3 uses to write ``bytes`` in protocol 0-2. Every other global is refused
 before it is called.
+
+Refusing globals is not enough for a file from the internet: CPython's unpickler allocates
+what a length prefix *claims* before it reads the bytes (``BINBYTES8`` of 2.3 GB in a
+169-byte file allocates 2.3 GB) and grows its memo to twice the largest ``PUT`` index. So
+``safe_loads`` first walks the opcodes without building anything (``pickletools.genops``
+reads each argument from an in-memory buffer, so a length beyond the end fails instead of
+allocating) and refuses lengths and memo indices the file cannot honestly contain. Memory
+is then bounded by a small multiple of the file size.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import codecs
 import io
 import os
 import pickle
+import pickletools
 from typing import Any
 
 from .errors import UnsafePickleError
@@ -97,8 +106,50 @@ def _check_arrays(obj: Any, source: str, depth: int = 0) -> None:
             _check_arrays(item, source, depth + 1)
 
 
+#: opcodes that store into the memo at an explicit index (the unpickler sizes its memo by it)
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def check_bounds(data: bytes, source: str = "<bytes>") -> int:
+    """Refuse a pickle whose length prefixes or memo indices exceed what ``data`` holds.
+
+    Why: the C unpickler allocates a ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` object of the
+    claimed size before reading it, and resizes its memo to ``2 x index`` on a ``PUT``, so a
+    few bytes can demand gigabytes. ``pickletools.genops`` reads every argument from the
+    buffer (a short read is an error, not an allocation); a memo index larger than the number
+    of opcodes so far is never written by a pickler. Returns the number of opcodes.
+    """
+    buf = io.BytesIO(data)
+    n_ops = 0
+    try:
+        for op, arg, pos in pickletools.genops(buf):
+            n_ops += 1
+            if op.name in _MEMO_PUTS and int(arg) > n_ops:
+                raise UnsafePickleError(
+                    f"{source}: corrupt pickle: {op.name} at byte {pos} uses memo index {arg}, but the file has only "
+                    f"{n_ops} opcodes so far (a pickler numbers memo entries 0, 1, 2, ...)"
+                )
+            if op.name == "FRAME" and int(arg) > len(data) - buf.tell():
+                raise UnsafePickleError(
+                    f"{source}: corrupt pickle: FRAME at byte {pos} claims {arg} bytes, but only "
+                    f"{len(data) - buf.tell()} follow in the {len(data)}-byte file"
+                )
+    except ValueError as exc:  # genops: an argument longer than the bytes left, or an unknown opcode
+        if isinstance(exc, UnsafePickleError):
+            raise
+        raise UnsafePickleError(
+            f"{source}: corrupt or truncated pickle ({exc}; the file has {len(data)} bytes)"
+        ) from None
+    return n_ops
+
+
 def safe_loads(data: bytes, source: str = "<bytes>", encoding: str = "ASCII") -> Any:
-    """Unpickle plain data from bytes; raises ``UnsafePickleError`` naming ``source``."""
+    """Unpickle plain data from bytes; raises ``UnsafePickleError`` naming ``source``.
+
+    The opcodes are bounds-checked first (:func:`check_bounds`), so memory stays proportional
+    to ``len(data)`` whatever the file claims.
+    """
+    check_bounds(data, source)
     try:
         obj = SafeUnpickler(io.BytesIO(data), source, encoding=encoding).load()
     except UnsafePickleError:

@@ -93,6 +93,28 @@ class ArrayImageSource:
 
 
 # -- the common object ----------------------------------------------------------------------
+@dataclass
+class ImageScan:
+    """One decoding pass over a set's images: failures with reasons, and sizes (h, w) with a
+    count and the first image of each size (for error messages)."""
+
+    name: str
+    total: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+    examples: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def size_counts(self) -> dict[str, int]:
+        """``{"112x112": n, ...}``: the size histogram with JSON-friendly keys."""
+        return {f"{h}x{w}": n for (h, w), n in sorted(self.sizes.items())}
+
+    def bad_message(self, shown: int = 5) -> str:
+        """``"k of n images are unreadable: a (why); b (why) ..."`` for an error message."""
+        items = "; ".join(f"{s} ({r})" for s, r in self.bad[:shown])
+        more = f"; and {len(self.bad) - shown} more" if len(self.bad) > shown else ""
+        return f"{len(self.bad)} of {self.total} images are unreadable: {items}{more}"
+
+
 def contiguous_folds(n_pairs: int, n_folds: int = 10) -> np.ndarray:
     """Fold id per pair for an unshuffled k-fold split (sklearn ``KFold`` sizes)."""
     if n_pairs == 0:
@@ -202,15 +224,28 @@ class VerificationSet:
 
     def check(self, progress: bool = False) -> list[tuple[str, str]]:
         """Decode every image once; ``(image name, reason)`` for each failure."""
+        return self.scan_images(progress=progress).bad
+
+    def scan_images(self, indices: Sequence[int] | np.ndarray | None = None, progress: bool = False) -> ImageScan:
+        """Decode each image (all, or ``indices``) once, at its stored size: what fails, which sizes.
+
+        For checks before a long evaluation: every unreadable image is found in one pass
+        (not one per run), and the size histogram tells whether images fit a model's input.
+        """
         from tqdm import tqdm
 
-        bad: list[tuple[str, str]] = []
-        for i in tqdm(range(self.num_images), desc=f"check {self.name}", disable=not progress):
+        idx = np.arange(self.num_images) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        scan = ImageScan(self.name, total=int(idx.size))
+        for i in tqdm(idx, desc=f"check {self.name}", unit="img", disable=not progress):
             try:
-                self.images.load(i)
+                img = self.images.load(int(i))
             except ImageDecodeError as exc:
-                bad.append((exc.source, exc.reason))
-        return bad
+                scan.bad.append((exc.source, exc.reason))
+                continue
+            hw = (int(img.shape[0]), int(img.shape[1]))
+            scan.sizes[hw] = scan.sizes.get(hw, 0) + 1
+            scan.examples.setdefault(hw, self.images.name(int(i)))
+        return scan
 
     def summary(self) -> dict[str, Any]:
         per_fold = [
@@ -334,6 +369,11 @@ def parse_pairs_txt(path: str | os.PathLike[str]) -> tuple[list[PairLine], np.nd
         raw_lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise VerificationDataError(f"{source}: cannot read pairs file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise VerificationDataError(
+            f"{source}: pairs file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "re-save it as UTF-8, or check that this is a pairs list at all"
+        ) from None
     numbered = [(n, ln.split()) for n, ln in enumerate(raw_lines, 1) if ln.strip()]
     if not numbered:
         raise VerificationDataError(f"{source}: empty pairs file")
@@ -531,6 +571,7 @@ __all__ = [
     "ArrayImageSource",
     "EncodedImageSource",
     "FileImageSource",
+    "ImageScan",
     "ImageSource",
     "PairLine",
     "VerificationImages",

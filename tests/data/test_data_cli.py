@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from facepriv.data import RecordIODataset, write_bin
 from facepriv.data.cli import main
@@ -55,3 +56,37 @@ def test_inspect_bin_and_errors(tmp_path, capsys):
     assert "none.onnx" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "x.weird")]) == 2
     assert main([]) == 0
+
+
+def test_inspect_corrupt_recordio_reports_bad_records(tmp_path, capsys):
+    import struct
+
+    from facepriv.data import RecordIOReader, encode_image, write_dataset
+
+    items = [(encode_image(np.full((16, 16, 3), 20 * i, np.uint8), ".png"), i // 2) for i in range(8)]
+    rec, _, _ = write_dataset(tmp_path / "train", items)
+    index = RecordIOReader(tmp_path / "train").index
+    buf = bytearray(open(rec, "rb").read())
+    struct.pack_into("<f", buf, index[2] + 12, float("nan"))
+    struct.pack_into("<f", buf, index[4] + 12, 1e9)
+    buf[index[6] : index[6] + 4] = b"\xde\xad\xbe\xef"
+    open(rec, "wb").write(bytes(buf))
+    with pytest.warns(RuntimeWarning, match="3 of 8 records"):
+        assert main(["inspect", str(tmp_path), "--json", "--quiet"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["declared_identities"] == 4 and info["images"] == 8
+    assert info["label_range"] == [0, 3] and info["identities"] == 4
+    bad = {b["record"].rsplit("#", 1)[1]: b["reason"] for b in info["bad_records"]}
+    assert set(bad) == {"2", "4", "6"}
+    assert "label nan" in bad["2"] and "1000000000" in bad["4"] and "bad magic" in bad["6"]
+    assert [b["item"] for b in info["sample_bad"]] == ["#2", "#4", "#6"]
+
+    # a header that claims a billion images: one line naming the file, at once
+    from facepriv.data import RecordIOWriter
+
+    with RecordIOWriter(tmp_path / "liar" / "train") as w:
+        w.write_record(0, [1e9, 1e9])
+        w.write_record(1, 0.0, items[0][0])
+    assert main(["inspect", str(tmp_path / "liar"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "train.rec#0 (header record)" in err and "only 2 records" in err

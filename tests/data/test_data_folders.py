@@ -99,7 +99,8 @@ def test_scan_reports_and_excludes_bad_files(tree):
     _corrupt(tree)
     ds = ImageFolderDataset(tree)
     assert len(ds) == 12
-    report = ds.scan()
+    with pytest.warns(RuntimeWarning, match="3 of 12 images are unreadable"):
+        report = ds.scan()
     assert report.total == 12 and report.ok == 9 and len(ds) == 9
     reasons = {p.rsplit("/", 1)[-1]: r for p, r in report.bad}
     assert set(reasons) == {"90_garbage.jpg", "91_truncated.jpg", "92_empty.png"}
@@ -173,3 +174,41 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "empty" / "x").mkdir(parents=True)
     with pytest.raises(DataError, match="no identity folder"):
         ImageFolderDataset(tmp_path / "empty")
+
+
+def test_scan_true_reports_what_it_drops(tree, tmp_path):
+    """`data.scan: true` in a training config only constructs the dataset: the drop must be visible."""
+    _corrupt(tree)
+    log = tmp_path / "failures.jsonl"
+    with pytest.warns(RuntimeWarning, match=r"3 of 12 images are unreadable and were dropped") as caught:
+        ds = ImageFolderDataset(tree, scan=True, failure_log=log)
+    assert "90_garbage.jpg" in str(caught[0].message)
+    assert len(ds) == 9 and ds.failures.count == 0  # dropped up front, not run-time substitutions
+    lines = [json.loads(s) for s in log.read_text().splitlines()]
+    assert {ln["source"].rsplit("/", 1)[-1] for ln in lines} == {"90_garbage.jpg", "91_truncated.jpg", "92_empty.png"}
+    assert {ln["action"] for ln in lines} == {"dropped by scan"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean folder scans silently
+        ImageFolderDataset(tree, identities=["alice", "carol"], scan=True)
+
+
+def test_stretched_images_are_warned_about_and_counted(tree):
+    write_image(tree / "alice" / "09_wide.png", _img(7)[:12])  # 12x16: not the 16x16 of the rest
+    ds = ImageFolderDataset(tree, image_size=16)
+    wide = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("09_wide.png"))
+    with pytest.warns(RuntimeWarning, match=r"09_wide.png: 12x16 image stretched to 16x16"):
+        x, _ = ds[wide]
+    assert x.shape == (3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counted, not warned about again
+        ds[wide]
+    assert ds.resizes.summary() == {"resized": 2, "stretched": 2}
+    with pytest.warns(RuntimeWarning, match="1 images will be stretched to 16x16"):
+        report = ImageFolderDataset(tree, image_size=16, scan=True).scan_report
+    assert report.stretched == 1 and report.sizes == {"16x16": 9, "12x16": 1}
+    # a uniform rescale keeps the face's proportions: counted as resized, no warning
+    small = ImageFolderDataset(tree, identities=["bob"], image_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small[0]
+    assert small.resizes.summary() == {"resized": 1, "stretched": 0}

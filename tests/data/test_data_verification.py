@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import struct
 
 import numpy as np
 import pytest
@@ -137,6 +138,46 @@ def test_bin_structure_errors(tmp_path):
     with pytest.raises(VerificationDataError, match=r"corrupt.bin#image0"):
         list(vs.iter_batches(2))
     assert [s for s, _ in vs.check()] == [f"{tmp_path / 'corrupt.bin'}#image0"]
+
+
+def test_tiny_bin_claiming_a_huge_size_is_refused_without_allocating(tmp_path, traced_peak):
+    # protocol 4: PROTO, FRAME (honest), MARK, EMPTY_LIST, BINBYTES8 "2.3 GB" - 169 bytes in all
+    body = b"(]\x8e" + struct.pack("<Q", 2_300_000_000) + b"\xff\xd8" + b"\x00" * 145
+    data = b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(data)
+    assert len(data) == 169
+    err, peak = traced_peak(lambda: load_bin(path))
+    assert isinstance(err, UnsafePickleError), err
+    assert str(path) in str(err) and "2300000000" in str(err) and "169 bytes" in str(err)
+    assert peak < 5, f"{peak:.0f} MB traced for a 169-byte file"
+    # a memo index far beyond the file: the unpickler would size its memo to twice it
+    memo = tmp_path / "memo.bin"
+    memo.write_bytes(b"\x80\x02]r" + struct.pack("<I", 1 << 24) + b".")
+    err, peak = traced_peak(lambda: load_bin(memo))
+    assert isinstance(err, UnsafePickleError) and "memo index 16777216" in str(err) and str(memo) in str(err)
+    assert peak < 5, f"{peak:.0f} MB traced for a 9-byte file"
+
+
+def test_pairs_txt_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(b"1\t1\nJos\xe9\t1\t2\nAnn\t1\tBo\t1\n")  # Latin-1, not UTF-8
+    with pytest.raises(VerificationDataError, match=r"pairs\.txt: pairs file is not UTF-8 .*0xe9 at offset 7"):
+        parse_pairs_txt(path)
+    with pytest.raises(VerificationDataError, match="not UTF-8"):
+        load_pairs_txt(path, tmp_path)
+
+
+def test_scan_images_finds_every_failure_and_size(tmp_path):
+    imgs = [_img(0), _img(1, size=20), b"\xff\xd8 broken", _img(3), b"", _img(5, size=20)]
+    write_bin(tmp_path / "v.bin", [i if isinstance(i, bytes) else encode_image(i, ".png") for i in imgs],
+              [True, False, True])
+    scan = load_bin(tmp_path / "v.bin", image_size=None).scan_images()
+    assert scan.total == 6 and [s.rsplit("#", 1)[1] for s, _ in scan.bad] == ["image2", "image4"]
+    assert scan.size_counts() == {"16x16": 2, "20x20": 2}
+    assert scan.examples[(20, 20)].endswith("#image1")
+    assert "2 of 6 images are unreadable" in scan.bad_message()
+    assert load_bin(tmp_path / "v.bin").scan_images([0, 3]).bad == []
 
 
 def _lfw_tree(root, names_counts):
