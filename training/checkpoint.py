@@ -13,8 +13,9 @@ Layout of one checkpoint (``<run>/checkpoints/step_00001000/``):
 Every file is written to a temporary name and ``os.replace``-d into place; the directory is
 assembled as ``step_X.partial`` and renamed to ``step_X`` only after every rank has
 finished writing, so a job killed mid-save leaves the previous checkpoint as the newest
-*complete* one. Files are read back with ``torch.load(weights_only=True)``: a checkpoint
-from an untrusted source cannot execute code.
+*complete* one. Files are read back with ``torch.load(weights_only=True)`` through
+``facepriv.models.checkpoint.safe_torch_load``, which refuses torch versions with known
+bypasses of that loader: a checkpoint from an untrusted source cannot execute code.
 """
 
 from __future__ import annotations
@@ -50,17 +51,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def safe_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file."""
+    """``facepriv.models.checkpoint.safe_torch_load`` (weights-only, refused on torch versions
+    with known unpickler bypasses) with a RuntimeError naming the file."""
+    from facepriv.models.checkpoint import CheckpointError, safe_torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise RuntimeError(
-            f"cannot load checkpoint {path}: {type(exc).__name__}: {exc} "
-            "(truncated file, or not a facepriv checkpoint; only tensors and plain data are accepted)"
-        ) from exc
+        return safe_torch_load(path, map_location=map_location)
+    except CheckpointError as exc:  # its message starts with the path
+        raise RuntimeError(f"cannot load checkpoint {exc} (only tensors and plain data are accepted)") from exc
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str], step: int) -> Path:

@@ -9,6 +9,13 @@ Two on-disk formats carry the same logical content (see ``FORMAT``):
 * ``.safetensors``: tensors in the safetensors container, configs and ``extra`` as JSON in its
   string metadata (the format cannot hold code at all).
 
+The weights-only unpickler itself had bypasses: CVE-2025-32434 (torch <= 2.5.1) and
+GHSA-63cw-57p8-fm3p / CVE-2026-24747 (torch < 2.10) let a crafted file run code even with
+``weights_only=True``. ``safe_torch_load`` therefore refuses to unpickle anything on torch
+older than ``MIN_SAFE_TORCH`` (pyproject.toml requires it anyway; this guards environments
+that ignore the floor); safetensors files need no unpickler and load on any version. A file
+named ``.safetensors`` is read only as safetensors: a pickle renamed to look safe is refused.
+
 Checkpoints contain the frontend's *secrets* (e.g. PartialFace's channel key): store them like
 credentials, not next to the protected data they were trained on.
 """
@@ -40,6 +47,57 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint asks the unpickler for code or arbitrary objects; it was not loaded."""
+
+
+#: Oldest torch whose weights-only unpickler has no published bypass (GHSA-63cw-57p8-fm3p).
+MIN_SAFE_TORCH = (2, 10)
+
+
+def _torch_release(version: str) -> tuple[int, int]:
+    parts = version.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)  # unparseable: treat as too old rather than guess
+
+
+def check_torch_unpickler(path: str | os.PathLike[str], version: str | None = None) -> None:
+    """Refuse to unpickle ``path`` on a torch with a known ``weights_only`` bypass."""
+    version = str(torch.__version__) if version is None else version
+    if _torch_release(version) < MIN_SAFE_TORCH:
+        need = ".".join(map(str, MIN_SAFE_TORCH))
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to unpickle a checkpoint with torch {version}: its weights_only loader has known "
+            f"code-execution bypasses (CVE-2025-32434, GHSA-63cw-57p8-fm3p); install torch>={need}, or use a "
+            ".safetensors checkpoint (FaceRecognizer.save('model.safetensors'))"
+        )
+
+
+def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` on a torch without known bypasses, errors naming the file.
+
+    The one place facepriv unpickles a file: training checkpoints and recogniser files use it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(
+            f"{path}: named .safetensors but is not a safetensors file; refusing to unpickle a file that "
+            "claims to be safetensors (if you wrote it yourself with torch.save, rename it to .pt)"
+        )
+    check_torch_unpickler(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load: the file's pickle asks for code, arbitrary Python objects or "
+            f"unsupported pickle operations, which a facepriv checkpoint never contains ({'; '.join(detail) or 'rejected by the weights-only unpickler'}). "
+            "Do not load it with weights_only=False unless you wrote it yourself."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from e
 
 
 def _versions() -> dict[str, str]:
@@ -188,25 +246,13 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if kind == "safetensors":
         data = _read_safetensors(path, map_location)
     elif kind == "torch":
-        data = _read_torch(path, map_location)
+        data = safe_torch_load(path, map_location)
+    elif path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: named .safetensors but is not a safetensors file (corrupt, or another format)")
     else:
         raise CheckpointError(f"{path}: not a facepriv checkpoint (neither a torch.save zip/pickle nor safetensors)")
     _validate(data, path)
     return data
-
-
-def _read_torch(path: Path, map_location: Any) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        detail = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to load: the file's pickle asks for code, arbitrary Python objects or "
-            f"unsupported pickle operations, which a facepriv checkpoint never contains ({'; '.join(detail) or 'rejected by the weights-only unpickler'}). "
-            "Do not load it with weights_only=False unless you wrote it yourself."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from e
 
 
 def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:

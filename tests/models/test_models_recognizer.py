@@ -265,3 +265,48 @@ def test_save_refuses_non_plain_extra(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"extra\['n'\]: int64"):
         model.save(tmp_path / "m.safetensors", extra={"n": np.int64(3)})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_renamed_safetensors_is_refused_by_name(tmp_path: Path) -> None:
+    """A file that claims to be safetensors is never handed to the unpickler."""
+    marker = tmp_path / "PWNED"
+    good = _model().save(tmp_path / "good.pt")
+    disguised = tmp_path / "model.safetensors"
+    disguised.write_bytes(good.read_bytes())  # a valid torch checkpoint, renamed
+    raw = tmp_path / "raw.safetensors"
+    raw.write_bytes(pickle.dumps({"x": _Evil(marker)}, protocol=2))
+    for path in (disguised, raw):
+        with pytest.raises(CheckpointError, match=rf"{path.name}: named \.safetensors but is not a safetensors file") as info:
+            FaceRecognizer.load(path, frontend_factory=toy_factory)
+        assert "\n" not in str(info.value)  # one line, naming the file
+    assert not marker.exists()
+    FaceRecognizer.load(good, frontend_factory=toy_factory)  # the same bytes load under their honest name
+
+
+def test_unpickling_is_refused_on_torch_with_known_weights_only_bypasses(tmp_path: Path, monkeypatch) -> None:
+    from facepriv.models import checkpoint as mc
+
+    model = _model()
+    pt, st = model.save(tmp_path / "m.pt"), model.save(tmp_path / "m.safetensors")
+    for version in ("2.5.1", "2.9.1+cu121"):
+        monkeypatch.setattr(torch, "__version__", version)
+        with pytest.raises(UnsafeCheckpointError, match=r"m\.pt: refusing to unpickle .*torch>=2\.10"):
+            FaceRecognizer.load(pt, frontend_factory=toy_factory)
+        FaceRecognizer.load(st, frontend_factory=toy_factory)  # safetensors needs no unpickler
+    monkeypatch.undo()
+    with pytest.raises(UnsafeCheckpointError):
+        mc.check_torch_unpickler(pt, "garbage")  # unparseable counts as too old
+    for version in ("2.10.0", "2.13.0+cpu", "3.0.0a0"):
+        mc.check_torch_unpickler(pt, version)
+
+
+def test_the_dependency_floor_matches_the_loader_guard() -> None:
+    """pyproject.toml must not allow a torch that checkpoint loading refuses."""
+    import re
+
+    from facepriv.models.checkpoint import MIN_SAFE_TORCH
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=(\d+)\.(\d+)', text)
+    assert floor is not None and (int(floor.group(1)), int(floor.group(2))) >= MIN_SAFE_TORCH

@@ -105,3 +105,13 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path: Path) -> None:
     torch.save({"format": ckpt.FORMAT, "payload": Evil()}, path)
     with pytest.raises(RuntimeError, match="cannot load checkpoint"):
         ckpt.safe_load(path)
+
+
+def test_training_checkpoints_are_not_unpickled_on_vulnerable_torch(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "state.pt"
+    torch.save({"format": ckpt.FORMAT, "x": torch.zeros(2)}, path)
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(RuntimeError, match=r"state\.pt: refusing to unpickle .*torch 2\.5\.1"):
+        ckpt.safe_load(path)
+    monkeypatch.undo()
+    assert torch.equal(ckpt.safe_load(path)["x"], torch.zeros(2))
