@@ -3,8 +3,8 @@
 Why a module of its own: the rule "the margin head and the frontend's secrets never leave a
 site" is decided in exactly one place (``shared_state``), and every strategy (FedAvg,
 FedAvgM, PFM) uses the same reply screening (``screen_update``) and the same weighted
-average (``weighted_average``), so a NaN or absurdly large update is rejected the same way
-whatever strategy runs.
+average (``weighted_average``), so a NaN, absurdly large or retyped update is rejected the
+same way whatever strategy runs (robust alternatives to the mean: ``aggregators``).
 
 Shared = every entry of ``FaceRecognizer.state_dict()`` except the frontend's *buffers*:
 backbone parameters and buffers (BatchNorm statistics), the input standardiser's
@@ -106,35 +106,55 @@ def screen_update(
     max_update_norm: float | None = None,
     max_abs_value: float = 1e6,
 ) -> Screening:
-    """Check one client's arrays before they may be averaged.
+    """Check one client's arrays against ``reference`` (the arrays the server sent) before
+    they may be averaged.
 
-    Rejects: missing/extra keys or shape changes w.r.t. ``reference`` (the arrays the server
-    sent), any NaN/inf, any value above ``max_abs_value`` in magnitude, and (when
-    ``max_update_norm`` is set) an L2 norm of ``update - reference`` over the float arrays
-    above it. Never raises: a bad reply must not stop the round.
+    Every array must have exactly the key, dtype and shape the server sent: an int64 or
+    complex array in place of a float32 one is refused, not cast (a cast let an int64 array
+    of 1e15 past every value check and into the mean). Then, per dtype:
+
+    * floating (and complex) arrays: no NaN/inf, no entry above ``max_abs_value`` in
+      magnitude; they make up the update's L2 norm ``||update - reference||``, which must
+      not exceed ``max_update_norm`` when that is set;
+    * integer arrays (counters such as BatchNorm's ``num_batches_tracked``): no entry may
+      change by more than ``max_abs_value`` in one round;
+    * boolean arrays (flags): any value;
+    * anything else (object, string, structured dtypes): refused.
+
+    Without a reference there is nothing to compare with, so the update is refused. Never
+    raises: a bad reply must not stop the round.
     """
     try:
-        if reference is not None:
-            if set(update) != set(reference):
-                missing = sorted(set(reference) - set(update))[:3]
-                extra = sorted(set(update) - set(reference))[:3]
-                return Screening(False, f"keys differ from the global model (missing {missing}, unexpected {extra})")
+        if reference is None:
+            return Screening(False, "no reference model to screen against (the server sent none this round)")
+        if set(update) != set(reference):
+            missing = sorted(set(reference) - set(update))[:3]
+            extra = sorted(set(update) - set(reference))[:3]
+            return Screening(False, f"keys differ from the global model (missing {missing}, unexpected {extra})")
         sq = 0.0
-        for k, a in update.items():
-            a = np.asarray(a)
-            if reference is not None and a.shape != np.asarray(reference[k]).shape:
-                return Screening(False, f"array {k!r} has shape {a.shape}, expected {np.asarray(reference[k]).shape}")
-            if not is_float_array(a):
-                continue
-            if not np.all(np.isfinite(a)):
-                return Screening(False, f"array {k!r} contains NaN/inf")
-            if a.size and float(np.max(np.abs(a))) > max_abs_value:
-                return Screening(False, f"array {k!r} has |value| > {max_abs_value:g}")
-            if reference is not None:
-                d = a.astype(np.float64) - np.asarray(reference[k], dtype=np.float64)
-                sq += float(np.dot(d.ravel(), d.ravel()))
-        norm = math.sqrt(sq) if reference is not None else float("nan")
-        if max_update_norm is not None and reference is not None and norm > max_update_norm:
+        for k in reference:
+            a, r = np.asarray(update[k]), np.asarray(reference[k])
+            if a.dtype != r.dtype:
+                return Screening(False, f"array {k!r} has dtype {a.dtype}, the server sent {r.dtype}")
+            if a.shape != r.shape:
+                return Screening(False, f"array {k!r} has shape {a.shape}, expected {r.shape}")
+            kind = r.dtype.kind
+            if kind in "fc":
+                if not np.all(np.isfinite(a)):
+                    return Screening(False, f"array {k!r} contains NaN/inf")
+                if a.size and float(np.max(np.abs(a))) > max_abs_value:
+                    return Screening(False, f"array {k!r} has |value| > {max_abs_value:g}")
+                d = a.astype(np.complex128 if kind == "c" else np.float64) - r
+                sq += float(np.vdot(d, d).real)
+            elif kind in "iu":
+                change = np.abs(a.astype(np.float64) - r.astype(np.float64))
+                if a.size and float(change.max()) > max_abs_value:
+                    return Screening(False, f"integer array {k!r} changed by {float(change.max()):.4g} "
+                                            f"(> {max_abs_value:g}) in one round")
+            elif kind != "b":
+                return Screening(False, f"array {k!r} has unsupported dtype {r.dtype}")
+        norm = math.sqrt(sq)
+        if max_update_norm is not None and norm > max_update_norm:
             return Screening(False, f"update norm {norm:.4g} exceeds max_update_norm {max_update_norm:.4g}", norm)
         return Screening(True, "", norm)
     except Exception as exc:  # noqa: BLE001 - screening must not crash the server

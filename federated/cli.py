@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .aggregators import AGGREGATORS
+
 FRONTENDS = ("rgb", "dct", "partialface", "dctdp")
 
 
@@ -61,6 +63,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-train-replies", type=int, default=1, help="valid site updates needed to change the model")
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for sites each round")
     p.add_argument("--max-update-norm", type=float, default=None, help="reject updates farther than this from the sent model")
+    p.add_argument("--max-examples", type=float, default=None,
+                   help="largest aggregation weight (num-examples) of one site per round; larger reports are clipped "
+                        "(default: local-steps x batch size, plus 4 sigma of Poisson sampling under --dp-sgd)")
+    p.add_argument("--aggregator", choices=AGGREGATORS, default="mean",
+                   help="how accepted updates are combined: the num-examples-weighted mean, or robust to a minority "
+                        "of poisoning sites: coordinate-wise median, trimmed mean, norm clipping (docs/federated.md)")
+    p.add_argument("--trim-fraction", type=float, default=0.2,
+                   help="trimmed-mean: fraction of the sites' values cut at each end of every coordinate")
+    p.add_argument("--clip-norm", type=float, default=None,
+                   help="norm-clip: largest L2 distance from the sent model a site's update keeps")
     p.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM server momentum")
     p.add_argument("--client-dp-noise", type=float, default=None,
                    help="Flower client-level DP: noise multiplier (enables fixedclipping_mod; fedavg/fedavgm only)")
@@ -116,7 +128,9 @@ def build_settings(args: argparse.Namespace) -> Any:
     return FedSettings(
         train_config=cfg, out=str(args.out), strategy=args.strategy, rounds=args.rounds, local_steps=args.local_steps,
         min_train_nodes=args.clients, min_available_nodes=args.clients, min_train_replies=args.min_train_replies,
-        round_timeout=args.round_timeout, max_update_norm=args.max_update_norm, server_momentum=args.server_momentum,
+        round_timeout=args.round_timeout, max_update_norm=args.max_update_norm, max_examples=args.max_examples,
+        aggregator=args.aggregator, trim_fraction=args.trim_fraction, clip_norm=args.clip_norm,
+        server_momentum=args.server_momentum,
         data=data, eval_data=held_out, client_dp_noise=args.client_dp_noise, client_dp_clip=args.client_dp_clip,
         fv_candidates=args.fv_candidates, fv_val_identities=args.fv_val_identities,
         fv_concentration=args.fv_concentration, resume=not args.no_resume, seed=args.seed,

@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from .arrays import load_frontend_buffers, load_shared_state, shared_keys, shared_state
-from .momentum import group_lrs, install_momentum, shared_parameters
+from .momentum import group_lrs, install_momentum, require_pfm_optimizer, shared_parameters
 from .fv import CANDIDATE_PREFIX, EXAMPLES_KEY, FV_ACTION, FV_VAL_KEY, SCORES_KEY, separation_score
 from .site import (HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, site_validation_images,
                    state_file, unpack)
@@ -69,6 +69,8 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     cfg.data.num_workers = 0
     recognizer = build_recognizer(cfg, build_frontend(dict(cfg.frontend)))
     load_shared_state(recognizer, arrays)  # before Trainer: a calibrated input norm is not re-calibrated
+    if cfg.dp.enabled:
+        refuse_unaccounted_statistics(recognizer, dict(cfg.frontend))
     state = _site_state(context)
     if state and state.get("frontend_buffers"):
         load_frontend_buffers(recognizer.frontend, state["frontend_buffers"])  # likewise the site's frontend calibration
@@ -82,6 +84,23 @@ def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], cont
     return trainer, site
 
 
+def refuse_unaccounted_statistics(recognizer: Any, frontend_cfg: dict[str, Any]) -> None:
+    """Under DP-SGD, refuse to compute statistics of this site's images that the DP-SGD
+    accounting does not cover: the trainer would otherwise calibrate an uncalibrated input
+    standardiser on them (and the mean/std would travel to the server with the update) or
+    fit DCTDP's clipping bounds to them. The facepriv server calibrates the standardiser on
+    generated faces under DP (``server_app.calibrate_on_public_faces``) and refuses
+    ``clip: calibrated``; this is the site's own guard against a server that does not."""
+    norm = getattr(recognizer, "input_norm", None)
+    if norm is not None and hasattr(norm, "calibrated") and not bool(norm.calibrated):
+        raise ValueError("dp.enabled: the received model's input standardiser is uncalibrated, and calibrating it "
+                         "here would send per-channel statistics of this site's images outside the DP-SGD "
+                         "accounting. The server must calibrate it on public data (facepriv's server does).")
+    if frontend_cfg.get("clip") == "calibrated":
+        raise ValueError("dp.enabled with frontend.clip: calibrated: the clipping bounds would be fitted to this "
+                         "site's images outside the DP-SGD accounting; use clip: analytic")
+
+
 def _site_state(context: Context) -> dict[str, Any] | None:
     """This site's state from earlier rounds: ``Context.state`` first, else ``state-dir`` on disk."""
     if SITE_KEY in context.state:
@@ -90,31 +109,25 @@ def _site_state(context: Context) -> dict[str, Any] | None:
 
 
 def _restore(trainer: Any, state: dict[str, Any] | None) -> None:
-    from facepriv.training.rng import restore_rng_state
-
+    """Continue from this site's private state (``Trainer.load_state_dict``): head, optimiser,
+    schedule, position, RNG states and DP-SGD's accountant with its secret noise/sampling
+    state, so round r+1 continues the site's own DP randomness instead of drawing anything
+    from the server's seed."""
     if state is None:
         return
-    trainer.head.load_state_dict(state["head"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.step, trainer.epoch, trainer.batch_in_epoch = state["progress"]
-    restore_rng_state(state["rng"], trainer._rng_roots())
-    if trainer.dp is not None and state.get("dp") is not None:
-        trainer.dp.load_state_dict(state["dp"])
+    state = dict(state)
+    if isinstance(state.get("progress"), (list, tuple)):  # site states written before Trainer.state_dict
+        step, epoch, batch = state["progress"]
+        state["progress"] = {"step": step, "epoch": epoch, "batch_in_epoch": batch}
+    trainer.load_state_dict(state, where="site state")
 
 
 def _persist(trainer: Any, context: Context) -> None:
-    from facepriv.training.rng import capture_rng_state
-
-    state = {
-        "head": trainer.head.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "progress": [trainer.step, trainer.epoch, trainer.batch_in_epoch],
-        "rng": capture_rng_state(trainer._rng_roots()),
-        "dp": trainer.dp.state_dict() if trainer.dp is not None else None,
-        "frontend_buffers": {k: v.detach().cpu() for k, v in trainer.recognizer.frontend.named_buffers()},
-    }
+    """Keep ``Trainer.state_dict()`` (secrets included) and the frontend's buffers in the
+    site's private state: ``Context.state`` and, with ``state-dir``, a file at the site.
+    Nothing of it is ever put into a reply."""
+    state = {**trainer.state_dict(),
+             "frontend_buffers": {k: v.detach().cpu() for k, v in trainer.recognizer.frontend.named_buffers()}}
     context.state[HEAD_KEY] = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in trainer.head.state_dict().items()})
     context.state[SITE_KEY] = ConfigRecord({"blob": pack(state)})
     save_site_state(state, state_file(context.node_config, str(context.run_id)))
@@ -132,6 +145,8 @@ def train_round(msg: Message, context: Context) -> RecordDict:
     trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays,
                                        val_identities=int(conf.get(FV_VAL_KEY, 0)))
     try:
+        if strategy == "pfm":
+            require_pfm_optimizer(trainer.optimizer)  # also in round 1, before any momentum arrives
         params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
         momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if (strategy == "pfm" and MOMENTUM_KEY in msg.content) else None
         install_momentum(trainer.optimizer, params, momentum)
@@ -156,6 +171,11 @@ def train_round(msg: Message, context: Context) -> RecordDict:
         }
         for g, v in lr_sums.items():
             metrics[LR_SUM_PREFIX + g] = v
+        # 1 when this site calibrated the input standardiser on its own images this round (its
+        # mean/std travel in the reply); 0 when it arrived calibrated (under DP: by the server)
+        received = arrays.get("input_norm.calibrated")
+        metrics["input-norm-from-site-data"] = int(received is not None and not bool(received)
+                                                   and bool(trainer.recognizer.input_norm.calibrated))
         eps = trainer.epsilon()
         if eps is not None:
             metrics["dp-epsilon"] = float(eps)  # record-level epsilon spent at this site so far

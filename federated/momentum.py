@@ -27,6 +27,21 @@ def base_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "original_optimizer", optimizer)
 
 
+def require_pfm_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimiser whose update PFM's server estimate does not describe.
+
+    PFM's server sets ``m = (w_r - w_{r+1}) / L``, which is the momentum buffer exactly when
+    each step is heavy-ball SGD, ``w -= lr * b``. Nesterov steps ``w -= lr * (g + mu * b)``,
+    so the estimate is wrong every round and nothing would say so; Adam has no such buffer.
+    """
+    opt = base_optimizer(optimizer)
+    if not isinstance(opt, torch.optim.SGD):
+        raise TypeError(f"PFM needs an SGD optimiser with momentum, got {type(opt).__name__}")
+    if any(bool(g.get("nesterov", False)) for g in opt.param_groups):
+        raise ValueError("PFM refuses Nesterov momentum (optim.nesterov: true): its global-momentum estimate "
+                         "(w_r - w_{r+1}) / L assumes heavy-ball steps w -= lr * b")
+
+
 def install_momentum(
     optimizer: torch.optim.Optimizer,
     params: Mapping[str, nn.Parameter],
@@ -35,11 +50,12 @@ def install_momentum(
     """Set (or, with ``momentum=None``, drop) the SGD momentum buffers of ``params``.
 
     Returns how many buffers were installed. Parameters missing from ``momentum`` get their
-    buffer dropped (torch re-initialises it with the first gradient).
+    buffer dropped (torch re-initialises it with the first gradient). A broadcast momentum
+    that is not finite is refused: installed, it would turn the site's model NaN.
     """
     opt = base_optimizer(optimizer)
-    if momentum is not None and not isinstance(opt, torch.optim.SGD):
-        raise TypeError(f"PFM needs an SGD optimiser with momentum, got {type(opt).__name__}")
+    if momentum is not None:
+        require_pfm_optimizer(opt)
     installed = 0
     for name, p in params.items():
         state = opt.state[p]
@@ -50,6 +66,8 @@ def install_momentum(
         t = m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))
         if tuple(t.shape) != tuple(p.shape):
             raise ValueError(f"global momentum for {name!r} has shape {tuple(t.shape)}, parameter has {tuple(p.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"global momentum for {name!r} contains NaN/inf")
         state["momentum_buffer"] = t.detach().to(device=p.device, dtype=p.dtype).clone()
         installed += 1
     return installed

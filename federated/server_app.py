@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ import torch
 from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from .arrays import load_shared_state, shared_keys, shared_state, state_to_numpy
+from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
 from .fv import FV_VAL_KEY
 from .site import pack, unpack
 from .strategies import build_strategy, numpy_to_record, record_to_numpy
@@ -58,6 +59,14 @@ class FedSettings:
     #: seconds to wait for replies per round; late sites are dropped from the round.
     round_timeout: float = 600.0
     max_update_norm: float | None = None
+    #: largest aggregation weight (reported num-examples) of one site per round; None: what
+    #: one site can train on in a round, local_steps x the train config's batch size.
+    max_examples: float | None = None
+    #: how screened updates are combined: mean | median | trimmed-mean | norm-clip
+    #: (facepriv.federated.aggregators); trim_fraction / clip_norm parametrise the last two.
+    aggregator: str = "mean"
+    trim_fraction: float = 0.2
+    clip_norm: float | None = None
     server_momentum: float = 0.9
     server_learning_rate: float = 1.0
     #: data spec sent to clients (simulation); deployment sites use node-config data-path.
@@ -100,7 +109,52 @@ def build_global_model(settings: FedSettings) -> tuple[torch.nn.Module, dict[str
     frontend = build_frontend(frontend_config(cfg))
     cfg_dict = config_to_dict(cfg)
     cfg_dict["frontend"] = dict(frontend.config)
-    return build_recognizer(cfg, frontend), cfg_dict
+    model = build_recognizer(cfg, frontend)
+    if dp_mode(settings):
+        calibrate_on_public_faces(model, cfg.data.image_size, cfg.data.batch_size, cfg.input_norm.calibration_batches,
+                                  seed=settings.seed)
+    return model, cfg_dict
+
+
+def dp_mode(settings: FedSettings) -> bool:
+    """Whether a DP guarantee covers what the sites send: DP-SGD inside every site
+    (``dp.enabled`` in the train config) or Flower's client-level DP."""
+    return bool((settings.train_config.get("dp") or {}).get("enabled")) or settings.client_dp_noise is not None
+
+
+@torch.no_grad()
+def calibrate_on_public_faces(model: torch.nn.Module, image_size: int, batch_size: int, batches: int, *,
+                              seed: int) -> bool:
+    """Calibrate ``model``'s input standardiser on generated faces at the server.
+
+    Why: left uncalibrated, every site calibrates it on its own images in round 1 and sends
+    the per-channel mean/std with its update. Those are statistics of private data that no
+    DP accounting covers (DP-SGD clips and noises gradients, not buffers). Calibrated here
+    (``facepriv.data.SyntheticFaces``, no site image involved), the model arrives at the
+    sites with ``calibrated = True`` and no site ever computes them. Returns whether a
+    calibration happened (False: no fixed-statistics standardiser, or one already calibrated).
+    """
+    from facepriv.data import SyntheticFaces
+    from facepriv.models.input_norm import ChannelStandardize
+
+    norm = getattr(model, "input_norm", None)
+    if not isinstance(norm, ChannelStandardize) or bool(norm.calibrated):
+        return False
+    n = max(1, int(batches)) * max(1, int(batch_size))
+    per_identity = 4
+    faces = SyntheticFaces(max(2, -(-n // per_identity)), per_identity, seed=seed, image_size=image_size,
+                           first_identity=10**7, dtype="float")
+    items = [faces[i] for i in range(min(n, len(faces)))]
+    images = torch.stack([torch.as_tensor(x) for x, _ in items]).float()
+    labels = torch.tensor([int(y) for _, y in items])
+    was = model.frontend.training
+    model.frontend.train()  # training-mode output (noise, views) is what the backbone sees at the sites
+    try:
+        step = max(1, int(batch_size))
+        model.calibrate_input_norm([(images[i:i + step], labels[i:i + step]) for i in range(0, len(images), step)])
+    finally:
+        model.frontend.train(was)
+    return True
 
 
 class HeldOutVerifier:
@@ -226,13 +280,72 @@ def _jsonable(x: Any) -> Any:
 # --------------------------------------------------------------------------- the loop
 
 
+def site_param_keys(train_config: dict[str, Any], model: torch.nn.Module) -> list[str]:
+    """Shared parameters the *sites* train: trainable on ``model``, minus the frontend's
+    under DP-SGD (``facepriv.training.dp_sgd`` freezes it, and the site's optimiser then has
+    no frontend param group and reports no ``lr-sum-frontend``)."""
+    keys = set(shared_keys(model))
+    frozen_frontend = bool((train_config.get("dp") or {}).get("enabled"))
+    return [n for n, p in model.named_parameters()
+            if n in keys and p.requires_grad and not (frozen_frontend and n.startswith(FRONTEND_PREFIX))]
+
+
+def peak_lr_sums(train_config: dict[str, Any], local_steps: int) -> dict[str, float]:
+    """Per param group, the largest lr sum one site can report for a round: local steps x the
+    group's peak lr (warm-up, poly, step and constant schedules never exceed ``optim.lr`` /
+    ``optim.frontend_lr``)."""
+    optim = train_config.get("optim") or {}
+    lr = float(optim.get("lr", 0.1))
+    frontend_lr = optim.get("frontend_lr")
+    return {"backbone": local_steps * lr, "frontend": local_steps * float(lr if frontend_lr is None else frontend_lr)}
+
+
+def normalized_train_config(settings: FedSettings) -> dict[str, Any]:
+    """``settings.train_config`` with every default filled in (a CLI config is partial)."""
+    from facepriv.training.config import config_from_dict, config_to_dict
+
+    return config_to_dict(config_from_dict(settings.train_config))
+
+
+def check_settings(settings: FedSettings) -> None:
+    """Refuse combinations that would run but silently void a result or a guarantee."""
+    cfg = normalized_train_config(settings)
+    optim = cfg.get("optim") or {}
+    if settings.strategy == "pfm":
+        if str(optim.get("name", "sgd")) != "sgd":
+            raise ValueError(f"PFM needs optim.name: sgd (it federates SGD momentum buffers), got {optim.get('name')!r}")
+        if bool(optim.get("nesterov", False)):
+            raise ValueError("PFM with optim.nesterov: true is refused: PFM estimates the global momentum as "
+                             "(w_r - w_{r+1}) / L, which holds for heavy-ball momentum (w -= lr * b) only; with "
+                             "Nesterov (w -= lr * (g + mu * b)) the estimate is wrong every round. Set nesterov: false.")
+    frontend = cfg.get("frontend") or {}
+    if bool((cfg.get("dp") or {}).get("enabled")) and frontend.get("clip") == "calibrated":
+        raise ValueError("frontend.clip: calibrated with dp.enabled is refused in federated training: each site "
+                         "would fit the clipping bounds to its own images, a statistic of every training image "
+                         "that the DP-SGD accounting does not cover. Use clip: analytic.")
+    if settings.local_steps < 1:
+        raise ValueError(f"local_steps must be >= 1, got {settings.local_steps}")
+
+
+def default_max_examples(cfg: dict[str, Any], settings: FedSettings) -> float:
+    """What one site can train on in a round: ``local_steps x batch_size`` images; under
+    DP-SGD's Poisson sampling (batch sizes vary around ``batch_size``) four standard
+    deviations more, so an honest site is practically never clipped."""
+    n = settings.local_steps * int(cfg["data"]["batch_size"])
+    return float(n + (math.ceil(4 * math.sqrt(n)) if bool(cfg["dp"]["enabled"]) else 0))
+
+
 def make_strategy(settings: FedSettings, model: torch.nn.Module) -> Any:
-    keys = shared_keys(model)
-    param_keys = [n for n, p in model.named_parameters() if n in set(keys) and p.requires_grad]
+    check_settings(settings)
+    cfg = normalized_train_config(settings)
+    param_keys = site_param_keys(cfg, model)
+    max_examples = settings.max_examples if settings.max_examples is not None else default_max_examples(cfg, settings)
     strategy = build_strategy(
         settings.strategy, param_keys=param_keys, fraction_train=settings.fraction_train, fraction_evaluate=0.0,
         min_train_nodes=settings.min_train_nodes, min_available_nodes=settings.min_available_nodes,
         min_train_replies=settings.min_train_replies, max_update_norm=settings.max_update_norm,
+        max_examples=max_examples, aggregator=settings.aggregator, trim_fraction=settings.trim_fraction,
+        clip_norm=settings.clip_norm, max_lr_sum=peak_lr_sums(cfg, settings.local_steps),
         server_momentum=settings.server_momentum, server_learning_rate=settings.server_learning_rate,
         fv_candidates=settings.fv_candidates, fv_concentration=settings.fv_concentration, fv_seed=settings.seed,
         fv_timeout=settings.round_timeout,
@@ -284,18 +397,7 @@ def run_server(grid: Grid, settings: FedSettings) -> list[dict[str, Any]]:
                    "local-steps": int(settings.local_steps),
                    FV_VAL_KEY: int(settings.fv_val_identities) if settings.fv_candidates > 0 else 0}
     for rnd in range(start, settings.rounds + 1):
-        t0 = time.perf_counter()
-        arrays = numpy_to_record(state_to_numpy(shared_state(model)))
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base_config)), grid))
-        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        new, metrics = strategy.aggregate_train(rnd, replies)
-        if new is not None:
-            load_shared_state(model, record_to_numpy(new))
-        inner = _inner(strategy)
-        report = inner.reports[-1].as_dict() if getattr(inner, "reports", None) else {}
-        row: dict[str, Any] = {"round": rnd, "round_time_s": time.perf_counter() - t0, "sent": len(messages),
-                               "replies": len(replies), "train": dict(metrics) if metrics is not None else {},
-                               "aggregation": report}
+        row = run_round(grid, strategy, model, rnd, base_config, settings.round_timeout)
         if verifier is not None:
             row["verification"] = verifier(model)["flat"]
         history.append(row)
@@ -306,9 +408,60 @@ def run_server(grid: Grid, settings: FedSettings) -> list[dict[str, Any]]:
     return history
 
 
+def run_round(grid: Grid, strategy: Any, model: torch.nn.Module, rnd: int, base_config: dict[str, Any],
+              timeout: float) -> dict[str, Any]:
+    """One round: configure, exchange, aggregate, load the new global model into ``model``.
+
+    Never raises: an exception anywhere in the round (the Grid, the strategy, a Flower DP
+    wrapper, loading the aggregate) is recorded in the row's ``error`` and the round keeps
+    the previous global model; the federation continues with the next round.
+    """
+    t0 = time.perf_counter()
+    inner = _inner(strategy)
+    n_reports = len(getattr(inner, "reports", []))
+    row: dict[str, Any] = {"round": rnd, "sent": 0, "replies": 0, "train": {}}
+    try:
+        arrays = numpy_to_record(state_to_numpy(shared_state(model)))
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base_config)), grid))
+        row["sent"] = len(messages)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        row["replies"] = len(replies)
+        new, metrics = strategy.aggregate_train(rnd, replies)
+        row["train"] = dict(metrics) if metrics is not None else {}
+        if new is not None:
+            load_shared_state(model, record_to_numpy(new))
+    except Exception as exc:  # noqa: BLE001 - one broken round must not end a federation
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        log.exception("round %d failed; keeping the previous global model", rnd)
+    reports = getattr(inner, "reports", [])
+    row["aggregation"] = reports[-1].as_dict() if len(reports) > n_reports else {}
+    if "error" in row:
+        row["aggregation"]["kept_previous_model"] = True
+    row["round_time_s"] = time.perf_counter() - t0
+    return row
+
+
+def privacy_notes(settings: FedSettings) -> dict[str, str]:
+    """What the run releases beyond the trained shared arrays, for metrics.json."""
+    dp_sgd = bool((settings.train_config.get("dp") or {}).get("enabled"))
+    notes = {
+        "input_norm": ("calibrated by the server on generated faces before round 1; no site computes or sends "
+                       "statistics of its images" if dp_mode(settings) else
+                       "calibrated by each site on its own images in its first round and sent with its update "
+                       "(not covered by any DP guarantee: no DP mode is on)"),
+        "frontend_buffers": "never sent (site-local: secrets and data-calibrated clipping bounds)",
+    }
+    if dp_sgd:
+        notes["dp_sgd"] = ("record-level DP-SGD at every site; noise and Poisson sampling from the site's OS CSPRNG "
+                           "(never from the server's seed), state kept in the site's private state only; "
+                           "dp-epsilon in each site's reply covers its training records")
+    return notes
+
+
 def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSettings) -> None:
     meta = {k: v for k, v in asdict(settings).items() if k != "train_config"}
-    (out / "metrics.json").write_text(json.dumps({"settings": meta, "rounds": history}, indent=2, default=_jsonable))
+    (out / "metrics.json").write_text(json.dumps({"settings": meta, "privacy": privacy_notes(settings),
+                                                  "rounds": history}, indent=2, default=_jsonable))
     series: dict[str, dict[int, float]] = {}
     for row in history:
         for k, v in (row.get("verification") or {}).items():
@@ -350,7 +503,8 @@ def settings_from_run_config(run_config: dict[str, Any]) -> FedSettings:
 
         data["train_config"] = config_to_dict(load_config(str(run_config["train-config-yaml"])))
     for key in ("strategy", "rounds", "local-steps", "min-train-nodes", "min-available-nodes", "min-train-replies",
-                "round-timeout", "out", "max-update-norm", "server-momentum", "fv-candidates", "fv-val-identities"):
+                "round-timeout", "out", "max-update-norm", "server-momentum", "fv-candidates", "fv-val-identities",
+                "max-examples", "aggregator", "trim-fraction", "clip-norm"):
         if run_config.get(key) not in (None, "", 0, 0.0):
             data[key.replace("-", "_")] = run_config[key]
     if "train_config" not in data:

@@ -4,11 +4,18 @@ All three subclass Flower's Message-API ``flwr.serverapp.strategy.FedAvg`` and s
 ``aggregate_train`` (``RobustFedAvg``) that
 
 * drops replies that carry an error (client crashed, timed out, ran out of memory),
-* screens every other reply with ``facepriv.federated.arrays.screen_update`` (NaN/inf, absurd norm,
-  wrong keys/shapes) and logs + excludes the bad ones: they are never averaged in,
+* screens every other reply with ``facepriv.federated.arrays.screen_update`` (NaN/inf, absurd
+  norm, keys/dtypes/shapes other than those sent) and the strategy's own check of the reply's
+  metrics (PFM: each ``lr-sum-*``), and logs + excludes the bad ones: they are never averaged in,
+* bounds each site's aggregation weight: ``num-examples`` above ``max_examples`` (what a site
+  can train on in one round) is clipped to it and recorded,
 * keeps the previous global model when fewer than ``min_train_replies`` updates survive,
-* averages the survivors weighted by ``num-examples`` and then applies the strategy's
-  server update (identity, server momentum, or PFM's momentum estimate).
+* combines the survivors with the configured aggregator (``facepriv.federated.aggregators``:
+  the ``num-examples``-weighted mean, or coordinate-wise median / trimmed mean / norm
+  clipping) and then applies the strategy's server update (identity, server momentum, or
+  PFM's momentum estimate),
+* records an exception in any of this as the round's ``error`` and keeps the previous model
+  instead of ending the run.
 
 PFM (Bai et al., FedFace, 2021) equations are in docs/federated.md; in short, with
 ``w`` the shared parameters, ``eta`` the client learning rate and ``mu`` the momentum::
@@ -32,6 +39,8 @@ candidate committed (``commit_state``).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +50,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .arrays import FRONTEND_PREFIX, is_float_array, screen_update, weighted_average
+from .aggregators import Aggregator
+from .arrays import FRONTEND_PREFIX, is_float_array, screen_update
 from .fv import CANDIDATE_PREFIX, FV_MESSAGE_TYPE, FVRound, candidate_weights, combine_scores, parse_scores
 
 log = logging.getLogger(__name__)
@@ -80,7 +90,12 @@ class RoundReport:
     rejected: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     update_norms: dict[int, float] = field(default_factory=dict)
+    #: sites whose reported num-examples exceeded ``max_examples``: node -> the reported value
+    #: (their weight this round was ``max_examples``).
+    clipped_weights: dict[int, float] = field(default_factory=dict)
     kept_previous_model: bool = False
+    #: an exception raised while aggregating this round (the round kept the previous model).
+    error: str | None = None
     #: why the server step's result was refused (non-finite model), None when it was not.
     diverged: str | None = None
     #: federated validation of this round (None when FV is off or the round kept the model).
@@ -90,7 +105,10 @@ class RoundReport:
         out = {"round": self.round, "accepted": self.accepted, "rejected": {str(k): v for k, v in self.rejected.items()},
                "failed": {str(k): v for k, v in self.failed.items()},
                "update_norms": {str(k): v for k, v in self.update_norms.items()},
+               "clipped_weights": {str(k): v for k, v in self.clipped_weights.items()},
                "kept_previous_model": self.kept_previous_model}
+        if self.error is not None:
+            out["error"] = self.error
         if self.fv is not None:
             out["fv"] = self.fv.as_dict()
         if self.diverged is not None:
@@ -105,7 +123,12 @@ class RobustFedAvg(FedAvg):
         min_train_replies: valid updates needed to change the global model this round.
         max_update_norm: reject updates whose L2 distance to the sent model exceeds this
             (None: only NaN/inf and ``max_abs_value`` are checked).
-        max_abs_value: reject any update with a float entry above this in magnitude.
+        max_abs_value: reject any update with a float entry above this in magnitude (or an
+            integer entry that changed by more).
+        max_examples: largest aggregation weight (``num-examples``) one site gets per round;
+            larger reports are clipped to it and recorded (None: no bound).
+        aggregator: ``mean`` | ``median`` | ``trimmed-mean`` | ``norm-clip``
+            (``facepriv.federated.aggregators``); ``trim_fraction`` / ``clip_norm`` parametrise them.
         fv_candidates: federated validation with this many candidate weightings (0: off;
             1: only the sample-count weights, i.e. FedAvg plus a validation score).
         fv_concentration: spread of the Dirichlet candidates (``facepriv.federated.fv.candidate_weights``).
@@ -119,16 +142,25 @@ class RobustFedAvg(FedAvg):
     name = "fedavg"
 
     def __init__(self, *, min_train_replies: int = 1, max_update_norm: float | None = None,
-                 max_abs_value: float = 1e6, fv_candidates: int = 0, fv_concentration: float = 2.0, fv_seed: int = 0,
-                 fv_timeout: float | None = None, param_keys: Sequence[str] = (), **kwargs: Any) -> None:
+                 max_abs_value: float = 1e6, max_examples: float | None = None, aggregator: str = "mean",
+                 trim_fraction: float = 0.2, clip_norm: float | None = None, fv_candidates: int = 0,
+                 fv_concentration: float = 2.0, fv_seed: int = 0, fv_timeout: float | None = None,
+                 param_keys: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if min_train_replies < 1:
             raise ValueError("min_train_replies must be >= 1")
         if fv_candidates < 0:
             raise ValueError(f"fv_candidates must be >= 0 (0 = off), got {fv_candidates}")
+        if max_examples is not None and not (math.isfinite(max_examples) and max_examples > 0):
+            raise ValueError(f"max_examples must be a finite number > 0 (or None), got {max_examples}")
+        self.aggregator = Aggregator(aggregator, float(trim_fraction), clip_norm)
+        if fv_candidates > 0 and not self.aggregator.weighted:
+            raise ValueError(f"federated validation chooses among weightings of the updates; aggregator "
+                             f"{aggregator!r} ignores weights. Use mean or norm-clip with fv_candidates > 0.")
         self.min_train_replies = int(min_train_replies)
         self.max_update_norm = max_update_norm
         self.max_abs_value = float(max_abs_value)
+        self.max_examples = None if max_examples is None else float(max_examples)
         self.fv_candidates = int(fv_candidates)
         self.fv_concentration = float(fv_concentration)
         self.fv_seed = int(fv_seed)
@@ -171,14 +203,59 @@ class RobustFedAvg(FedAvg):
     def commit_state(self, state: Any) -> None:
         """Adopt the state ``server_step`` returned for the model that became global."""
 
+    def screen_metrics(self, metrics: Mapping[str, Any]) -> str | None:
+        """Why a reply's metrics make it unusable for this strategy (None: usable)."""
+        return None
+
+    def combine(self, accepted: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+        """The configured aggregator over the accepted updates (``self.sent`` is the reference)."""
+        assert self.sent is not None  # screening refuses every update without it
+        return self.aggregator(accepted, weights, self.sent)
+
+    def aggregation_weight(self, node: int, metrics: Mapping[str, Any], report: RoundReport) -> float | str:
+        """This reply's aggregation weight, or why it has none: ``num-examples``, finite and
+        > 0, clipped to ``max_examples`` (the clipping is recorded in ``report``)."""
+        raw = metrics.get(self.weighted_by_key)
+        if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+            return f"invalid {self.weighted_by_key}={raw!r} (not a number)"
+        weight = float(raw)
+        if not (math.isfinite(weight) and weight > 0):
+            return f"invalid {self.weighted_by_key}={weight}"
+        if self.max_examples is not None and weight > self.max_examples:
+            report.clipped_weights[node] = weight
+            log.warning("round %d: node %d reported %s=%g > max_examples=%g; its weight is clipped",
+                        report.round, node, self.weighted_by_key, weight, self.max_examples)
+            weight = self.max_examples
+        return weight
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen, combine, step (see module docstring). Never raises: an exception is
+        recorded as the round's ``error`` and the previous global model is kept."""
         report = RoundReport(round=server_round)
+        try:
+            return self._aggregate_train(server_round, replies, report)
+        except Exception as exc:  # noqa: BLE001 - one broken round must not end a federation
+            report.kept_previous_model = True
+            report.error = f"{type(exc).__name__}: {exc}"
+            log.exception("round %d: aggregation failed; keeping the previous global model", server_round)
+            if not self.reports or self.reports[-1] is not report:
+                self.reports.append(report)
+            return None, MetricRecord({"clients-accepted": len(report.accepted), "clients-rejected": len(report.rejected),
+                                       "clients-failed": len(report.failed), "aggregation-error": 1})
+
+    def _aggregate_train(self, server_round: int, replies: Iterable[Message],
+                         report: RoundReport) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
         metric_list: list[Mapping[str, Any]] = []
         contents: list[RecordDict] = []
+        seen: set[int] = set()
         for msg in replies:
             node = int(msg.metadata.src_node_id)
+            if node in seen:  # one vote per site and round, whatever the transport delivers
+                log.warning("round %d: a second reply from node %d ignored", server_round, node)
+                continue
+            seen.add(node)
             if msg.has_error():
                 report.failed[node] = str(msg.error.reason)
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
@@ -186,20 +263,22 @@ class RobustFedAvg(FedAvg):
             try:
                 arrays = record_to_numpy(msg.content[self.arrayrecord_key])
                 metrics = dict(msg.content.metric_records.get("metrics", MetricRecord()))
-                weight = float(metrics.get(self.weighted_by_key, 0))
             except Exception as exc:  # noqa: BLE001 - malformed reply: exclude, never crash
                 report.rejected[node] = f"malformed reply: {exc}"
                 log.warning("round %d: node %d sent a malformed reply (%s); excluded", server_round, node, exc)
                 continue
-            if not (np.isfinite(weight) and weight > 0):
-                report.rejected[node] = f"invalid {self.weighted_by_key}={weight}"
-                log.warning("round %d: node %d reported %s=%s; excluded", server_round, node, self.weighted_by_key, weight)
+            weight = self.aggregation_weight(node, metrics, report)
+            reason = weight if isinstance(weight, str) else self.screen_metrics(metrics)
+            if reason is None:
+                check = screen_update(arrays, self.sent, max_update_norm=self.max_update_norm,
+                                      max_abs_value=self.max_abs_value)
+                reason = None if check.ok else check.reason
+            if reason is not None:
+                report.rejected[node] = reason
+                report.clipped_weights.pop(node, None)
+                log.warning("round %d: rejected update of node %d: %s", server_round, node, reason)
                 continue
-            check = screen_update(arrays, self.sent, max_update_norm=self.max_update_norm, max_abs_value=self.max_abs_value)
-            if not check.ok:
-                report.rejected[node] = check.reason
-                log.warning("round %d: rejected update of node %d: %s", server_round, node, check.reason)
-                continue
+            assert not isinstance(weight, str)
             report.accepted.append(node)
             report.update_norms[node] = check.update_norm
             accepted.append(arrays)
@@ -215,7 +294,8 @@ class RobustFedAvg(FedAvg):
             log.warning("round %d: %d valid updates < min_train_replies=%d; keeping the previous global model",
                         server_round, len(accepted), self.min_train_replies)
             return None, summary
-        old = self.sent if self.sent is not None else weighted_average(accepted, weights)
+        old = self.sent
+        assert old is not None  # screening accepted nothing without it
         if self.fv_candidates > 0:
             new, state, fv = self.federated_validation(server_round, old, accepted, weights, metric_list, report.accepted)
             report.fv = fv
@@ -224,7 +304,7 @@ class RobustFedAvg(FedAvg):
             if fv.aggregate is not None:
                 summary["fv-score"] = fv.aggregate[fv.chosen]
         else:
-            new, state = self.server_step(server_round, old, weighted_average(accepted, weights), metric_list, weights)
+            new, state = self.server_step(server_round, old, self.combine(accepted, weights), metric_list, weights)
         bad = [k for k, v in new.items() if is_float_array(v) and not np.all(np.isfinite(v))]
         if bad:
             report.kept_previous_model = True
@@ -261,7 +341,7 @@ class RobustFedAvg(FedAvg):
         proposals: list[tuple[dict[str, np.ndarray], Any]] = []
         for j, row in enumerate(q):
             wj: Sequence[float] = weights if j == 0 else [float(x) for x in row]
-            proposals.append(self.server_step(server_round, old, weighted_average(accepted, wj), metrics, wj))
+            proposals.append(self.server_step(server_round, old, self.combine(accepted, wj), metrics, wj))
         fv = FVRound(candidates=[[float(x) for x in row] for row in q], nodes=list(nodes))
         k = len(proposals)
         pending = set(nodes)
@@ -367,35 +447,64 @@ class PFM(RobustFedAvg):
     their shared-parameter momentum buffers from it. The site-local head keeps ordinary
     local momentum (it never leaves the site, so there is nothing to federate).
 
-    ``param_keys`` is required here: without it there is no parameter to estimate momentum for.
+    ``param_keys`` is required here: without it there is no parameter to estimate momentum
+    for. They must be the parameters the *sites* train (the server leaves out a frontend
+    that DP-SGD freezes at the sites, ``server_app.site_param_keys``): every reply must
+    report ``lr-sum-<group>`` for each of their param groups.
+
+    ``max_lr_sum`` (group -> local steps x the group's peak learning rate, from the run's
+    train config) bounds each site's reported lr sum. Every reply's lr sums are checked
+    before it is accepted (``screen_metrics``): a missing, non-numeric, NaN, non-positive or
+    too large value excludes that reply (recorded with the reason) instead of raising out
+    of the server step or, worse, silently scaling the global momentum (one site reporting
+    1e9 used to shrink it by a factor of about 1e10).
     """
 
     name = "pfm"
 
-    def __init__(self, *, param_keys: Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, *, param_keys: Sequence[str], max_lr_sum: Mapping[str, float] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(param_keys=param_keys, **kwargs)
         self.momentum: dict[str, np.ndarray] | None = None
+        self.lr_groups = sorted({param_group_of(k) for k in self.param_keys})
+        self.max_lr_sum = {str(k): float(v) for k, v in (max_lr_sum or {}).items()}
 
     def extra_train_records(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
         if self.momentum is None:  # round 1: fresh buffers (torch's buf = g, i.e. centralised step 1)
             return {}
         return {MOMENTUM_KEY: numpy_to_record(self.momentum)}
 
+    def screen_metrics(self, metrics: Mapping[str, Any]) -> str | None:
+        for group in self.lr_groups:
+            key = LR_SUM_PREFIX + group
+            if key not in metrics:
+                return f"no {key} reported (PFM turns the round update into a momentum with it)"
+            raw = metrics[key]
+            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+                return f"{key}={raw!r} is not a number"
+            value = float(raw)
+            if not (math.isfinite(value) and value > 0):
+                return f"{key}={value} (must be finite and > 0)"
+            bound = self.max_lr_sum.get(group)
+            if bound is not None and value > bound * (1 + 1e-6):
+                return f"{key}={value:.6g} exceeds local-steps x peak lr = {bound:.6g}"
+        return None
+
     def server_step(self, server_round, old, averaged, metrics, weights):  # type: ignore[override]
+        """``m = (w_r - w_{r+1}) / L`` per param group, with ``L`` the sites' lr sums combined
+        like their updates (weighted mean; the median for median / trimmed-mean aggregation)."""
         w = np.asarray(weights, np.float64) / float(np.sum(weights))
         lr_sum: dict[str, float] = {}
-        for group in ("backbone", "frontend"):
-            vals = [float(m.get(LR_SUM_PREFIX + group, np.nan)) for m in metrics]
-            if all(np.isfinite(v) for v in vals):
-                lr_sum[group] = float(np.dot(w, vals))
+        for group in self.lr_groups:
+            vals = np.asarray([float(m[LR_SUM_PREFIX + group]) for m in metrics], np.float64)
+            lr_sum[group] = float(np.dot(w, vals)) if self.aggregator.weighted else float(np.median(vals))
         momentum: dict[str, np.ndarray] = {}
         for k in self.param_keys:
             if k not in averaged or not is_float_array(averaged[k]):
                 continue
-            L = lr_sum.get(param_group_of(k))
-            if L is None or L <= 0:
-                raise ValueError(f"PFM: clients did not report a positive {LR_SUM_PREFIX}{param_group_of(k)} "
-                                 "(needed to turn the round update back into a momentum)")
+            L = lr_sum[param_group_of(k)]
+            if not (math.isfinite(L) and L > 0):  # screen_metrics makes this unreachable
+                raise ValueError(f"PFM: {LR_SUM_PREFIX}{param_group_of(k)} of the round is {L}")
             momentum[k] = ((np.asarray(old[k], np.float64) - averaged[k].astype(np.float64)) / L).astype(averaged[k].dtype)
         return averaged, momentum
 
@@ -420,6 +529,8 @@ def build_strategy(name: str, *, param_keys: Sequence[str] = (), **kwargs: Any) 
     if name != "fedavgm":
         kwargs.pop("server_momentum", None)
         kwargs.pop("server_learning_rate", None)
+    if name != "pfm":
+        kwargs.pop("max_lr_sum", None)
     return STRATEGIES[name](param_keys=param_keys, **kwargs)
 
 

@@ -51,6 +51,22 @@ def fake_grid() -> type[FakeGrid]:
     return FakeGrid
 
 
+def tiny_train_config() -> dict[str, Any]:
+    """The smallest train config the federated tests run real site rounds with (RGB,
+    MobileFaceNet at 1/16 width, 32 px, batch 4, 16-d embeddings)."""
+    from facepriv.federated.cli import default_train_config
+
+    cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
+    cfg["model"]["embedding_size"] = 16
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> Callable[[], dict[str, Any]]:
+    """A factory: each call returns a fresh ``tiny_train_config()`` to modify."""
+    return tiny_train_config
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     old = torch.get_num_threads()

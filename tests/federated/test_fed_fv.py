@@ -291,21 +291,13 @@ def test_one_candidate_equals_the_plain_strategy_exactly(task_identity, fake_gri
 # ----------------------------------------------------------------------------- the real site
 
 
-def _tiny_cfg() -> dict:
-    from facepriv.federated.cli import default_train_config
-
-    cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
-    cfg["model"]["embedding_size"] = 16
-    return cfg
-
-
-def test_site_scores_candidates_on_held_out_identities_and_replies_scalars_only(task_identity, tmp_path):
+def test_site_scores_candidates_on_held_out_identities_and_replies_scalars_only(task_identity, tmp_path, tiny_cfg):
     from facepriv.federated.arrays import shared_state, state_to_numpy
     from facepriv.federated.client_app import make_client_app, train_round, validate_round
     from facepriv.federated.server_app import FedSettings, build_global_model
     from facepriv.federated.site import HEAD_KEY, site_dataset
 
-    model, cfg_dict = build_global_model(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path)))
+    model, cfg_dict = build_global_model(FedSettings(train_config=tiny_cfg(), out=str(tmp_path)))
     sent = state_to_numpy(shared_state(model))
     data = {"format": "synthetic", "ids_per_client": 4, "images_per_identity": 3}
     conf = {"train-config": json.dumps(cfg_dict), "data": json.dumps(data), "local-steps": 1, "strategy": "fedavg",
@@ -355,13 +347,13 @@ def test_validation_split_is_deterministic_and_disjoint():
         split_validation_identities(names[:3], 3)
 
 
-def test_fv_settings_are_validated(tmp_path):
+def test_fv_settings_are_validated(tmp_path, tiny_cfg):
     from facepriv.federated.server_app import FedSettings, build_global_model, make_strategy
 
-    model, _ = build_global_model(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path)))
+    model, _ = build_global_model(FedSettings(train_config=tiny_cfg(), out=str(tmp_path)))
     with pytest.raises(ValueError, match="client-level DP"):
-        make_strategy(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), fv_candidates=2, client_dp_noise=1.0), model)
+        make_strategy(FedSettings(train_config=tiny_cfg(), out=str(tmp_path), fv_candidates=2, client_dp_noise=1.0), model)
     with pytest.raises(ValueError, match="fv_val_identities"):
-        make_strategy(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), fv_candidates=2, fv_val_identities=1), model)
-    s = make_strategy(FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), strategy="pfm", fv_candidates=3), model)
+        make_strategy(FedSettings(train_config=tiny_cfg(), out=str(tmp_path), fv_candidates=2, fv_val_identities=1), model)
+    s = make_strategy(FedSettings(train_config=tiny_cfg(), out=str(tmp_path), strategy="pfm", fv_candidates=3), model)
     assert s.fv_candidates == 3 and isinstance(s, PFM)

@@ -119,15 +119,7 @@ def test_screen_and_average_units():
         weighted_average([{"a": np.zeros(2)}], [0])
 
 
-def _tiny_cfg() -> dict:
-    from facepriv.federated.cli import default_train_config
-
-    cfg = default_train_config(32, "rgb", "mobilefacenet", 0.0625, 4, 0.05, 0, "cpu")
-    cfg["model"]["embedding_size"] = 16
-    return cfg
-
-
-def test_head_never_leaves_the_site(task_identity, tmp_path):
+def test_head_never_leaves_the_site(task_identity, tmp_path, tiny_cfg):
     """Run the real client round on crafted messages: the reply carries exactly the shared
     keys (no head, no frontend secrets); the head persists in Context.state and on disk."""
     from facepriv.federated.arrays import shared_keys, shared_state, state_to_numpy
@@ -135,7 +127,7 @@ def test_head_never_leaves_the_site(task_identity, tmp_path):
     from facepriv.federated.server_app import FedSettings, build_global_model
     from facepriv.federated.site import HEAD_KEY, SITE_KEY
 
-    settings = FedSettings(train_config=_tiny_cfg(), out=str(tmp_path), strategy="fedavg")
+    settings = FedSettings(train_config=tiny_cfg(), out=str(tmp_path), strategy="fedavg")
     model, cfg_dict = build_global_model(settings)
     sent = state_to_numpy(shared_state(model))
     conf = ConfigRecord({"train-config": json.dumps(cfg_dict), "local-steps": 2, "strategy": "fedavg",
@@ -163,7 +155,7 @@ def test_head_never_leaves_the_site(task_identity, tmp_path):
     assert any(v.shape[0] == 3 for v in heads[1].values() if v.ndim == 2)
 
 
-def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_identity, tmp_path, monkeypatch):
+def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_identity, tmp_path, monkeypatch, tiny_cfg):
     """DCTDP ``clip: calibrated``: the clipping bounds are fitted on the site's data in its
     first round and persisted with the site state (memory and disk); later rounds, also after
     a restart that lost Context.state, reuse them instead of calibrating again. A state file
@@ -181,7 +173,7 @@ def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_ident
         return real(self, *a, **k)
 
     monkeypatch.setattr(DCTDP, "calibrate", counting)
-    cfg = _tiny_cfg()
+    cfg = tiny_cfg()
     cfg["frontend"] = {"name": "dctdp", "epsilon_mean": 4.0, "clip": "calibrated", "input_size": 32}
     model, cfg_dict = build_global_model(FedSettings(train_config=cfg, out=str(tmp_path), strategy="fedavg"))
     calls.clear()  # the server builds its global model without site data
@@ -217,13 +209,13 @@ def test_site_calibrates_its_frontend_once_and_keeps_it_across_rounds(task_ident
         one_round(Context(run_id=5, node_id=9, node_config=node, state=RecordDict(), run_config={}))
 
 
-def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path):
+def test_zero_dim_arrays_keep_their_shape_through_records(tmp_path, tiny_cfg):
     """0-d buffers (``input_norm.calibrated`` of frequency frontends, BatchNorm's
     ``num_batches_tracked``) must reach the site as 0-d, or ``load_shared_state`` refuses them."""
     from facepriv.federated.arrays import load_shared_state, shared_state, state_to_numpy
     from facepriv.federated.server_app import FedSettings, build_global_model
 
-    cfg = _tiny_cfg()
+    cfg = tiny_cfg()
     cfg["frontend"] = {"name": "dct"}
     model, _ = build_global_model(FedSettings(train_config=cfg, out=str(tmp_path)))
     sent = state_to_numpy(shared_state(model))
