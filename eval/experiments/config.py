@@ -37,6 +37,13 @@ class ModelSpec:
     #: "fedavg_distill" / "pfm_distill" (the same, each site distilling from the teacher's
     #: embeddings of its own images)
     mode: str = "scratch"
+    #: warm start from another (central, earlier) row's trained model: its backbone is copied
+    #: where shapes agree, the stem for this row's channels starts fresh (``init_from`` in
+    #: the TrainConfig) — how a team that owns an RGB model would build a protected one
+    init_from: str | None = None
+    #: this row's changes to the shared TrainConfig (deep-merged), e.g. a shorter schedule
+    #: for a warm-started row: ``{schedule: {max_steps: 400}}``
+    train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -146,6 +153,18 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     names = [m.name for m in specs]
     if len(set(names)) != len(names):
         raise ExperimentConfigError(f"model names must be unique, got {names}")
+    for i, m in enumerate(specs):
+        if not isinstance(m.train, dict):
+            raise ExperimentConfigError(f"models[{i}] ({m.name}): train must be a mapping of TrainConfig overrides")
+        if m.init_from is None:
+            continue
+        earlier = {s.name: s for s in specs[:i]}
+        donor = earlier.get(m.init_from)
+        if donor is None:
+            raise ExperimentConfigError(f"models[{i}] ({m.name}): init_from {m.init_from!r} must name a row listed "
+                                        f"before it; earlier rows: {sorted(earlier)}")
+        if donor.strategy or m.strategy:
+            raise ExperimentConfigError(f"models[{i}] ({m.name}): init_from is for central rows (donor and row)")
     return ExperimentConfig(models=specs, **parsed, **data)
 
 

@@ -95,11 +95,23 @@ def train_config(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: P
     tc["data"].update({"format": "folder", "path": layout.train})
     tc["frontend"] = _with_shared_secrets(cfg, spec.frontend)
     tc["eval"] = {"every_steps": 0, "sets": []}  # the experiment verifies with facepriv.eval.verify afterwards
+    if spec.init_from:
+        tc["init_from"] = str(out / "models" / spec.init_from / "model.pt")
+    _deep_merge(tc, spec.train)
     if spec.distilled:
         # one cache folder for every distilled row: the teacher embeds the training images once
         # (federated sites take their share of those rows, see facepriv.training.distill)
         tc["distill"] = {"enabled": True, "teacher": cfg.teacher, "cache": str(out / "teacher") + os.sep, **cfg.distill}
     return tc
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
+    """``base`` updated in place by ``changes``, nested mappings merged key by key."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
 
 
 def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +145,9 @@ def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: 
     if done is not None and (run_dir / "model.pt").is_file():
         return done
     tc = train_config(cfg, spec, layout, out)
+    if spec.init_from and latest_checkpoint(run_dir) is None and not Path(tc["init_from"]).is_file():
+        raise ExperimentConfigError(f"row {spec.name}: init_from {spec.init_from!r} has no trained model yet "
+                                    f"({tc['init_from']}); train that row first (it must not be left out by --only)")
     trainer = Trainer(config_from_dict(tc), run_dir=run_dir,
                       resume=run_dir if latest_checkpoint(run_dir) is not None else None)
     start_step = trainer.step
@@ -144,7 +159,8 @@ def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: 
             "epochs": trainer.step / max(1, trainer.steps_per_epoch), "seconds_this_session": round(seconds, 1),
             "faces_per_second": round((trainer.step - start_step) * batch / max(seconds, 1e-9), 2),
             "images_seen": trainer.step * batch, "final_loss": _last_loss(run_dir),
-            "privacy_report": summary.get("privacy_report"), "bad_samples": summary.get("bad_samples")}
+            "privacy_report": summary.get("privacy_report"), "bad_samples": summary.get("bad_samples"),
+            "warm_start": summary.get("warm_start")}
     _write_json(run_dir / "train_done.json", done)
     return done
 

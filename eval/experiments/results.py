@@ -143,6 +143,11 @@ def write_results(cfg: ExperimentConfig, layout: LfwHalf, out: Path, *, environm
     out = Path(out)
     collected = collect(cfg, out)
     roc = plot(collected, out)
+    from .frontier import frontier_points, plot_frontier, target_hits
+
+    frontier = plot_frontier(collected, out / "figures" / "frontier.png", title="LFW-half: privacy-utility frontier")
+    points = frontier_points(collected)
+    collected["frontier"] = {"points": points, "target_hits": target_hits(points)}
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     grids = {}
@@ -152,7 +157,9 @@ def write_results(cfg: ExperimentConfig, layout: LfwHalf, out: Path, *, environm
             shutil.copyfile(r["grid"], dest)
             grids[name] = dest.name
     results = {"config": cfg.to_dict(), "data": layout.to_dict(), "environment": environment, "timings_s": timings,
-               "command": command, **collected, "figures": {"roc": roc.name if roc else None, "grids": grids}}
+               "command": command, **collected,
+               "figures": {"roc": roc.name if roc else None, "frontier": frontier.name if frontier else None,
+                           "grids": grids}}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     (out / "results.md").write_text(render_markdown(results), encoding="utf-8")
     return results
@@ -205,6 +212,14 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
         "",
     ]
     figs = results.get("figures", {})
+    if figs.get("frontier"):
+        fr = results.get("frontier") or {}
+        hits = fr.get("target_hits") or []
+        lines += [f"![frontier]({figures_dir}/{figs['frontier']})", "",
+                  "Frontier: x = leakage of the strongest attack (any knowledge level), y = accuracy; the shaded "
+                  "region is the target (leakage ≤ 0.05 and accuracy ≥ 0.90 × the RGB row). "
+                  + (f"Rows in the target region: {', '.join(hits)}." if hits else "No row reaches the target region."),
+                  ""]
     if figs.get("roc"):
         lines += [f"![ROC]({figures_dir}/{figs['roc']})", ""]
     for name, g in figs.get("grids", {}).items():
@@ -230,7 +245,8 @@ def publish_results(results: dict[str, Any], out: Path, dest: Path) -> Path:
     """``dest/results.md`` plus ``dest/results/*.png``: the copy that lives in docs/."""
     figs = dest / "results"
     figs.mkdir(parents=True, exist_ok=True)
-    names = [results["figures"].get("roc")] + list(results["figures"].get("grids", {}).values())
+    names = [results["figures"].get("roc"), results["figures"].get("frontier")] + \
+        list(results["figures"].get("grids", {}).values())
     for name in filter(None, names):
         shutil.copyfile(Path(out) / "figures" / name, figs / name)
     path = dest / "results.md"

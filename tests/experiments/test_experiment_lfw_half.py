@@ -93,6 +93,37 @@ def test_config_validation():
         config_from_dict(_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}] * 2))
     with pytest.raises(ExperimentConfigError, match="unknown key"):
         config_from_dict({**_tiny_config([{"name": "x", "frontend": {"name": "rgb"}}]), "epochz": 3})
+    rgb = {"name": "rgb", "frontend": {"name": "rgb"}, "mode": "distill"}
+    warm = {"name": "pf", "frontend": {"name": "partialface"}, "mode": "distill", "init_from": "rgb"}
+    assert config_from_dict(_tiny_config([rgb, warm])).models[1].init_from == "rgb"
+    with pytest.raises(ExperimentConfigError, match="init_from 'rgb' must name a row listed before it"):
+        config_from_dict(_tiny_config([warm, rgb]))
+    with pytest.raises(ExperimentConfigError, match="init_from is for central rows"):
+        config_from_dict(_tiny_config([rgb, {**warm, "mode": "pfm"}]))
+
+
+def test_frontier_plot_marks_target_and_raw_point(tmp_path):
+    from facepriv.eval.experiments.frontier import frontier_points, plot_frontier, target_hits
+
+    def row(frontend, acc, std, pub, sec=None, ci=None):
+        leak = {"public": {"tpr@1e-3": pub, "best_attack": "learned", **({"tpr@1e-3_ci": ci} if ci else {})}}
+        if sec is not None:
+            leak["secret"] = {"tpr@1e-3": sec, "best_attack": "analytic"}
+        return {"frontend": {"name": frontend}, "verification": {"accuracy": (acc, std)}, "leakage": leak}
+
+    collected = {"rows": {"rgb": row("rgb", 0.96, 0.0, 0.93),
+                          "pf": row("partialface", 0.90, 0.01, 0.04, sec=0.30),  # secret attack is worse
+                          "dp": row("dctdp", 0.88, 0.01, 0.03, ci=(0.01, 0.05)),
+                          "untrained": {"frontend": {"name": "dct"}, "verification": None, "leakage": None}},
+                 "raw_images_leakage": {"tpr_at_fpr_1e-3": 0.934}}
+    points = {p["name"]: p for p in frontier_points(collected)}
+    assert set(points) == {"rgb", "pf", "dp"}
+    assert points["pf"]["leakage"] == 0.30 and points["pf"]["attack"] == "analytic (secret)"  # worst case
+    assert points["dp"]["leakage_ci"] == (0.01, 0.05)
+    assert target_hits(list(points.values())) == ["dp"]  # 0.88 >= 0.9 * 0.96 and 0.03 <= 0.05
+    path = plot_frontier(collected, tmp_path / "f.png")
+    assert path is not None and path.stat().st_size > 10_000
+    assert plot_frontier({"rows": {}}, tmp_path / "none.png") is None
 
 
 class FakeSimulation:
@@ -161,7 +192,9 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
 
     models = [{"name": "rgb_distill", "mode": "distill", "frontend": {"name": "rgb"}},
               {"name": "pf_pfm", "mode": "pfm", "frontend": {"name": "partialface"}},
-              {"name": "pf_scratch", "mode": "scratch", "frontend": {"name": "partialface"}}]
+              {"name": "pf_scratch", "mode": "scratch", "frontend": {"name": "partialface"}},
+              {"name": "dct_warm", "mode": "distill", "frontend": {"name": "dct"}, "init_from": "rgb_distill",
+               "train": {"schedule": {"max_steps": 2}}}]
     import yaml
 
     cfg = _tiny_config(models)
@@ -190,9 +223,14 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     assert shared["shared_from"] == "pf_pfm" and res["rows"]["pf_scratch"]["leakage"] == res["rows"]["pf_pfm"]["leakage"]
     assert not (out / "attacks" / "pf_scratch" / "grid.png").exists() and "pf_scratch" not in res["figures"]["grids"]
     assert list((out / "teacher").glob("teacher_*.safetensors"))
+    warm = res["rows"]["dct_warm"]["training"]
+    assert warm["steps"] == 2 and warm["warm_start"]["source"].endswith("rgb_distill/model.pt")
+    assert warm["warm_start"]["reinitialised"]  # the stem for 192 DCT channels starts fresh
     md = (docs / "results.md").read_text()
     assert "(frontend = pf_pfm)" in md.split("| pf_scratch |")[1].splitlines()[0]
     assert "| pf_pfm | pfm |" in md and "![ROC](results/roc.png)" in md and (docs / "results" / "roc.png").is_file()
+    # a handful of victims cannot measure TPR@1e-3: no frontier point (the plot is tested on its own)
+    assert res["frontier"] == {"points": [], "target_hits": []} and "![frontier]" not in md
     (docs / "results.md").write_text("# Results\n" + md + "Hand-written discussion.\n")
     # re-running does no work again, gives the same table and keeps the text around it
     before = (out / "timings.json").read_text()
