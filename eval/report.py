@@ -12,6 +12,11 @@ the repetitions of the frontend randomness (only shown when there was more than 
 accuracy additionally has its k-fold std (LFW convention) in its own column. ``n/m`` marks
 an FPR target that is *not measurable* on the set (fewer than ``1/FPR`` impostor pairs;
 see :mod:`facepriv.verification.metrics`).
+
+Two situations get a warning block above the table, because a reader skimming numbers
+must not miss them: an *incomplete* document (``"complete": false``, written while the run
+was going or after it failed; it lists what is missing and why) and results computed on
+*resized* images (``eval verify --resize``), which are marked ``(resized)`` in the table.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def summary_rows(results: Mapping[str, Any], fprs: Sequence[float] = SUMMARY_FPR
         acc = s.get("accuracy", {})
         row = {
             "checkpoint": str(r.get("checkpoint_name", r.get("checkpoint"))),
-            "set": str(r["set"]),
+            "set": str(r["set"]) + (" (resized)" if r.get("resized") else ""),
             "frontend": str(r.get("frontend", {}).get("name", "?")),
             "R": str(r.get("repetitions", 1)) + ("" if r.get("stochastic", True) else " (det.)"),
             "pairs": str(r.get("n_pairs")),
@@ -129,6 +134,7 @@ def summary_markdown(results: Mapping[str, Any], fprs: Sequence[float] = SUMMARY
             f"- device: {settings.get('device')}, batch size {settings.get('batch_size')}",
             "",
         ]
+    lines += _warnings(results)
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 5 + ["---:"] * (len(head) - 5)) + "|")
     for row in summary_rows(results, fprs):
@@ -151,6 +157,31 @@ def summary_markdown(results: Mapping[str, Any], fprs: Sequence[float] = SUMMARY
         for sname, fname in plots.items():
             lines.append(f"![ROC {sname}]({fname})")
     return "\n".join(lines) + "\n"
+
+
+def _warnings(results: Mapping[str, Any]) -> list[str]:
+    """Quoted warning lines for an incomplete run and for resized images (empty if neither)."""
+    out: list[str] = []
+    done = results.get("results", [])
+    if results.get("complete") is False:
+        pending = results.get("pending", [])
+        missing = ", ".join(f"{p.get('checkpoint_name')} x {p.get('set')}" for p in pending) or "none"
+        out.append(f"> **Incomplete: {len(done)} of {len(done) + len(pending)} checkpoint x set results.** "
+                   f"Not evaluated: {missing}.")
+        if results.get("error"):
+            out.append(f"> Stopped by: {results['error']}")
+        out.append("")
+    resized = [r for r in done if r.get("resized")]
+    if resized:
+        out.append("> **Resized images (`--resize`)**: these results are not the models' accuracy on aligned faces "
+                   "of their input size and are not comparable with results without resizing.")
+        for r in resized:
+            z = r["resized"]
+            sizes = ", ".join(f"{k}: {v}" for k, v in z.get("from", {}).items())
+            out.append(f"> - {r.get('checkpoint_name', r.get('checkpoint'))} x {r['set']}: {z.get('images')} images "
+                       f"resized to {z.get('to')} ({sizes}); {z.get('stretched', 0)} stretched (aspect ratio changed)")
+        out.append("")
+    return out
 
 
 # --------------------------------------------------------------------------- plots

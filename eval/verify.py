@@ -9,14 +9,20 @@ without needing the scores again.
 
 A set is named by a *spec*: ``path/to/lfw.bin`` (insightface format) or
 ``path/to/pairs.txt:path/to/image_dir`` (LFW ``pairs.txt`` over ``<name>/<name>_NNNN.jpg``).
+
+Nothing finished is lost: before any model runs, every image a pair uses is decoded once
+(all unreadable images are reported together) and its size is checked against every
+checkpoint; during the run, ``on_result`` receives the results document after each
+checkpoint x set, marked incomplete, and once more with the error if a later one fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,18 +242,29 @@ def verify(
     val_far: float = 1e-3,
     progress: bool = True,
     keep_scores: bool = False,
+    resize: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint on every set the way it is deployed; returns a JSON-able dict.
 
     ``sets`` maps a set name to a spec (``"path.bin"``, ``"pairs.txt:imgdir"`` or a
     :class:`SetSpec`). Inputs are all checked before the long part starts: every set is
-    opened, and every checkpoint is loaded and tried on its first image, so a typo in the
-    last argument does not fail an hour in. ``keep_scores`` adds the raw per-repetition
-    scores (lists) to each result, for callers that want their own analysis.
+    opened, every image a pair uses is decoded (all unreadable ones are listed in one
+    error), and every checkpoint is loaded and its input size checked against every image
+    size, so a bad file in the last set does not fail an hour in. ``resize`` resizes images
+    of another size to each checkpoint's input size instead of refusing them; the result
+    then carries a ``resized`` entry (sizes, stretched count) and the report a warning,
+    because such numbers do not describe the model on aligned faces of its size.
+    ``keep_scores`` adds the raw per-repetition scores (lists) to each result.
+
+    ``on_result(document)`` is called after every finished checkpoint x set with the results
+    so far (``"complete": False`` and the ``pending`` pairs), and, if a later one raises,
+    once more with ``"error"`` before the exception propagates: a caller that writes the
+    document each time keeps every finished result.
 
     Result layout (see docs/evaluation.md)::
 
-        {"format", "settings", "checkpoints": [...], "sets": {...},
+        {"format", "settings", "checkpoints": [...], "sets": {...}, "complete", "pending",
          "results": [{"checkpoint", "checkpoint_name", "set", "frontend", "stochastic",
                       "repetitions", "randomness", "n_pairs", ..., "summary": {...},
                       "per_repetition": [verification_report, ...], "roc": {...}}, ...]}
@@ -271,41 +288,70 @@ def verify(
         if v.issame.all() or not v.issame.any():
             kind = "genuine" if v.issame.all() else "impostor"
             raise EvalInputError(f"{specs[n].source}: all {v.num_pairs} pairs are {kind}; verification needs both kinds")
-    _preflight(ckpts, vsets, dev)
+    sizes = _preflight(ckpts, vsets, specs, resize=resize, progress=progress)
 
     results: list[dict[str, Any]] = []
+    todo = [(c, n, s) for c, n in zip(ckpts, names) for s in vsets]
     t_all = time.perf_counter()
-    for ckpt, cname in zip(ckpts, names):
-        model = _load_model(ckpt, dev)
-        for sname, vset in vsets.items():
-            results.append(
-                _evaluate_one(
+
+    def document(error: str | None = None) -> dict[str, Any]:
+        done = len(results)
+        doc = {
+            "format": RESULTS_FORMAT,
+            "settings": {
+                "repetitions_requested": int(repetitions),
+                "flip": bool(flip),
+                "seed": seed,
+                "batch_size": int(batch_size),
+                "device": str(dev),
+                "resize": bool(resize),
+                "fpr_targets": [float(t) for t in fpr_targets],
+                "val_far": float(val_far),
+                "std_over_repetitions": "sample std (ddof=1); None with one repetition",
+                "score": "cosine similarity of L2-normalised embeddings; accept iff score >= threshold",
+                "protocol": "each image protected independently (own frontend randomness), embedded once per repetition",
+                "torch_version": str(torch.__version__),
+            },
+            "checkpoints": [{"path": c, "name": n} for c, n in zip(ckpts, names)],
+            "sets": {n: {"source": specs[n].source, "kind": specs[n].kind, **_set_counts(v),
+                         "image_sizes": sizes[n].size_counts()} for n, v in vsets.items()},
+            "complete": done == len(todo),
+            "pending": [{"checkpoint_name": n, "set": s} for _, n, s in todo[done:]],
+            "results": list(results),
+            "seconds": time.perf_counter() - t_all,
+        }
+        if error is not None:
+            doc["error"] = error
+        return doc
+
+    try:
+        for ckpt, cname in zip(ckpts, names):
+            model = _load_model(ckpt, dev)
+            side = int(model.image_size)
+            for sname, vset in vsets.items():
+                resized = _resize_note(sizes[sname], side) if resize else None
+                if resized is not None:  # load_image resizes to the set's image_size
+                    vset = dataclasses.replace(vset, image_size=(side, side))
+                result = _evaluate_one(
                     model, ckpt, cname, sname, vset, specs[sname], repetitions=repetitions, flip=flip,
                     batch_size=batch_size, device=dev, seed=seed, fpr_targets=fpr_targets, val_far=val_far,
                     progress=progress, keep_scores=keep_scores,
                 )
-            )
-        del model
-    return {
-        "format": RESULTS_FORMAT,
-        "settings": {
-            "repetitions_requested": int(repetitions),
-            "flip": bool(flip),
-            "seed": seed,
-            "batch_size": int(batch_size),
-            "device": str(dev),
-            "fpr_targets": [float(t) for t in fpr_targets],
-            "val_far": float(val_far),
-            "std_over_repetitions": "sample std (ddof=1); None with one repetition",
-            "score": "cosine similarity of L2-normalised embeddings; accept iff score >= threshold",
-            "protocol": "each image protected independently (own frontend randomness), embedded once per repetition",
-            "torch_version": str(torch.__version__),
-        },
-        "checkpoints": [{"path": c, "name": n} for c, n in zip(ckpts, names)],
-        "sets": {n: {"source": specs[n].source, "kind": specs[n].kind, **_set_counts(v)} for n, v in vsets.items()},
-        "results": results,
-        "seconds": time.perf_counter() - t_all,
-    }
+                if resized is not None:
+                    result["resized"] = resized
+                results.append(result)
+                if on_result is not None:
+                    on_result(document())
+            del model
+    except BaseException as exc:  # KeyboardInterrupt too: hand back what is finished, then fail
+        if on_result is not None and results:
+            where = f"{todo[len(results)][1]} x {todo[len(results)][2]}: " if len(results) < len(todo) else ""
+            try:
+                on_result(document(f"{where}{type(exc).__name__}: {exc}"))
+            except Exception:  # pragma: no cover - the original error is the one to report
+                pass
+        raise
+    return document()
 
 
 def _set_counts(vset: Any) -> dict[str, int]:
@@ -318,20 +364,58 @@ def _set_counts(vset: Any) -> dict[str, int]:
     }
 
 
-def _preflight(ckpts: Sequence[str], vsets: Mapping[str, Any], device: torch.device) -> None:
-    """Load each checkpoint and check its input size against each set's first image."""
-    from facepriv.verification.protocols import check_image_size
+def _preflight(
+    ckpts: Sequence[str], vsets: Mapping[str, Any], specs: Mapping[str, SetSpec], *, resize: bool, progress: bool
+) -> dict[str, Any]:
+    """Decode every image the pairs use and load every checkpoint before anything is evaluated.
 
-    first: dict[str, tuple[str, np.ndarray]] = {}
-    for n, v in vsets.items():
-        i = int(v.pairs[0, 0])
-        first[n] = (v.images.name(i), v.load_image(i))
+    Returns each set's ``ImageScan`` (sizes). Raises one ``VerificationDataError`` listing
+    the unreadable images of all sets, or an ``EvalInputError`` for the first checkpoint x set
+    whose sizes do not fit (unless ``resize``), naming the sizes, an example image and the
+    way out. Costs one decode per image: small next to ``R`` protected forward passes.
+    """
+    from facepriv.data.errors import VerificationDataError
+
+    scans = {n: v.scan_images(np.unique(v.pairs), progress=progress) for n, v in vsets.items()}
+    broken = [f"{specs[n].source}: {scan.bad_message()}" for n, scan in scans.items() if scan.bad]
+    if broken:
+        raise VerificationDataError(
+            "; ".join(broken) + ". Nothing was evaluated: fix or replace these images (or drop their pairs)"
+        )
     for c in ckpts:
         model = _load_model(c, torch.device("cpu"))
+        side = int(model.image_size)
         fname = str(getattr(model.frontend, "name", type(model.frontend).__name__))
-        for where, img in first.values():
-            check_image_size(img, int(model.image_size), where, c, fname)
         del model
+        for n, scan in scans.items():
+            other = {hw: k for hw, k in scan.sizes.items() if hw != (side, side)}
+            if other and not resize:
+                hw = max(other, key=other.__getitem__)
+                raise EvalInputError(
+                    f"{scan.examples[hw]}: image is {hw[0]}x{hw[1]}, but checkpoint {c} (frontend {fname!r}) "
+                    f"expects {side}x{side} aligned faces; {sum(other.values())} of {scan.total} images of set "
+                    f"{n!r} ({specs[n].source}) have another size ({', '.join(scan.size_counts())}). Align the "
+                    f"images first (`facepriv data align`), use a set made for this input size, or pass --resize "
+                    f"to try the model on them anyway (the report then says the numbers are not comparable)"
+                )
+    return scans
+
+
+def _resize_note(scan: Any, side: int) -> dict[str, Any] | None:
+    """What ``--resize`` does to a set for a checkpoint of input ``side``, or None if nothing."""
+    from facepriv.data.images import stretches
+
+    other = {hw: k for hw, k in scan.sizes.items() if hw != (side, side)}
+    if not other:
+        return None
+    return {
+        "to": f"{side}x{side}",
+        "from": {f"{h}x{w}": k for (h, w), k in sorted(other.items())},
+        "images": int(sum(other.values())),
+        "stretched": int(sum(k for hw, k in other.items() if stretches(hw, (side, side)))),
+        "note": "images resized to the checkpoint's input size (--resize): not the model's accuracy on aligned faces "
+                "of its size, so not comparable with results without resizing",
+    }
 
 
 def result_from_scores(

@@ -94,3 +94,17 @@ def test_load_results_rejects_other_json(tmp_path):
     bad.write_text('{"a": 1}')
     with pytest.raises(ValueError, match="x.json"):
         load_results(bad)
+
+
+def test_incomplete_and_resized_results_are_flagged_above_the_table():
+    res = _results()
+    assert "Incomplete" not in summary_markdown(res) and "Resized" not in summary_markdown(res)
+    res["results"][2]["resized"] = {"to": "16x16", "from": {"48x48": 150, "60x40": 50}, "images": 200, "stretched": 50}
+    res.update(complete=False, pending=[{"checkpoint_name": "dctdp", "set": "synth"}],
+               error="dctdp x synth: EvalInputError: NaN embeddings")
+    md = summary_markdown(res)
+    warn, table = md.split("| checkpoint |", 1)
+    assert "Incomplete: 3 of 4 checkpoint x set results" in warn and "Not evaluated: dctdp x synth" in warn
+    assert "Stopped by: dctdp x synth: EvalInputError: NaN embeddings" in warn
+    assert "model x tiny: 200 images resized to 16x16 (48x48: 150, 60x40: 50); 50 stretched" in warn
+    assert "| model | tiny (resized) |" in table and "| model | synth |" in table

@@ -190,7 +190,7 @@ def test_cli_end_to_end_writes_reports(assets, tmp_path, capsys):
 
     out = tmp_path / "eval"
     common = ["--checkpoint", str(assets["rgb"]), "--checkpoint", str(assets["pf"]),
-              "--set", f"tiny={assets['bin']}", "--set", f"mine={assets['pairs']}:{assets['faces']}",
+              "--pairs", f"tiny={assets['bin']}", "--pairs", f"mine={assets['pairs']}:{assets['faces']}",
               "--repetitions", "2", "--seed", "3", "--batch-size", "16", "--device", "cpu", "-q"]
     argv = ["eval", "verify", *common, "--out", str(out)]
     assert facepriv_main(argv) == 0
@@ -235,29 +235,126 @@ def test_error_missing_image_names_the_file(assets, tmp_path, capsys):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("1\t2\nsynth_000000\t1\t2\nsynth_000001\t1\t9\nsynth_000000\t1\tsynth_000002\t1\n"
                      "synth_000001\t2\tsynth_000003\t1\n")
-    err = _run_error(["verify", "-c", str(assets["rgb"]), "-s", f"m={pairs}:{faces}", "-o", str(tmp_path / "o")], capsys)
+    err = _run_error(["verify", "-c", str(assets["rgb"]), "-p", f"m={pairs}:{faces}", "-o", str(tmp_path / "o")], capsys)
     assert "synth_000001_0009.jpg" in err and str(pairs) in err
 
 
 def test_error_not_a_bin(assets, tmp_path, capsys):
     fake = tmp_path / "lfw.bin"
     fake.write_text("this is not a pickle\n")
-    err = _run_error(["verify", "-c", str(assets["rgb"]), "-s", f"lfw={fake}", "-o", str(tmp_path / "o")], capsys)
+    err = _run_error(["verify", "-c", str(assets["rgb"]), "-p", f"lfw={fake}", "-o", str(tmp_path / "o")], capsys)
     assert str(fake) in err
 
 
 def test_error_not_a_checkpoint(assets, tmp_path, capsys):
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"\x00" * 64)
-    err = _run_error(["verify", "-c", str(fake), "-s", f"t={assets['bin']}", "-o", str(tmp_path / "o")], capsys)
+    err = _run_error(["verify", "-c", str(fake), "-p", f"t={assets['bin']}", "-o", str(tmp_path / "o")], capsys)
     assert str(fake) in err and "checkpoint" in err
 
 
 def test_error_image_size_does_not_fit_checkpoint(assets, tmp_path, capsys):
-    err = _run_error(["verify", "-c", str(assets["pf"]), "-s", f"big={assets['big']}", "-o", str(tmp_path / "o")], capsys)
+    err = _run_error(["verify", "-c", str(assets["pf"]), "-p", f"big={assets['big']}", "-o", str(tmp_path / "o")], capsys)
     assert str(assets["big"]) in err and "48x48" in err and "16x16" in err and str(assets["pf"]) in err
+    assert "8 of 8 images" in err and "--resize" in err
 
 
 def test_error_pairs_without_folder(assets, tmp_path, capsys):
-    err = _run_error(["verify", "-c", str(assets["rgb"]), "-s", f"m={assets['pairs']}", "-o", str(tmp_path / "o")], capsys)
+    err = _run_error(["verify", "-c", str(assets["rgb"]), "-p", f"m={assets['pairs']}", "-o", str(tmp_path / "o")], capsys)
     assert str(assets["pairs"]) in err and "image folder" in err
+
+
+# --------------------------------------------------------------------------- no lost work, --resize, --pairs
+
+
+def _bin_with_bad_images(path: Path, bad: tuple[int, ...]) -> None:
+    """A 16x16 .bin of 12 images (6 pairs) whose images ``bad`` are corrupt JPEGs."""
+    from facepriv.data.images import encode_image
+
+    images, targets = _faces(6, 2, seed=8)
+    blobs = [encode_image(im, ".png") for im in images]
+    for i in bad:
+        blobs[i] = b"\xff\xd8\xff\xe0 cut short"
+    write_bin(path, blobs, [True, False] * 3)
+
+
+def test_unreadable_images_are_all_reported_before_anything_runs(assets, tmp_path, capsys, monkeypatch):
+    import facepriv.eval.verify as verify_mod
+
+    calls = []
+    real = verify_mod.embed_protected_set
+    monkeypatch.setattr(verify_mod, "embed_protected_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    bad = tmp_path / "late.bin"
+    _bin_with_bad_images(bad, (9, 11))  # late in the set: the old run failed there, after the good set
+    err = _run_error(["verify", "-c", str(assets["rgb"]), "-c", str(assets["pf"]), "-p", f"good={assets['bin']}",
+                      "-p", f"late={bad}", "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert f"{bad}#image9" in err and f"{bad}#image11" in err and "2 of 12 images are unreadable" in err
+    assert calls == []  # nothing embedded: the check ran first
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def _nan_checkpoint(tiny_model, path: Path) -> Path:
+    model = tiny_model({"name": "rgb"})
+    with torch.no_grad():
+        next(model.backbone.parameters()).fill_(float("nan"))  # diverged weights
+    model.save(path)
+    return path
+
+
+def test_finished_results_survive_a_later_failure(assets, tmp_path, capsys, tiny_model):
+    nan = _nan_checkpoint(tiny_model, tmp_path / "diverged.pt")
+    out = tmp_path / "o"
+    err = _run_error(["verify", "-c", str(assets["rgb"]), "-c", str(nan), "-p", f"tiny={assets['bin']}",
+                      "-p", f"mine={assets['pairs']}:{assets['faces']}", "-o", str(out), "-q"], capsys)
+    assert "NaN/inf embeddings" in err and "2 of 4 checkpoint x set results were finished" in err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["complete"] is False and [(r["checkpoint_name"], r["set"]) for r in doc["results"]] == [
+        ("rgb", "tiny"), ("rgb", "mine")]
+    assert doc["pending"] == [{"checkpoint_name": "diverged", "set": "tiny"}, {"checkpoint_name": "diverged", "set": "mine"}]
+    assert "diverged x tiny" in doc["error"] and "NaN" in doc["error"]
+    summary = (out / "summary.md").read_text()
+    assert "Incomplete: 2 of 4" in summary and "| rgb | mine |" in summary and "diverged x mine" in summary
+    # the finished numbers are the ones a clean run gives
+    clean = verify([assets["rgb"]], {"tiny": str(assets["bin"])}, progress=False)
+    assert doc["results"][0]["summary"]["auc"] == clean["results"][0]["summary"]["auc"]
+
+
+def test_resize_tries_a_checkpoint_on_faces_of_another_size(assets, tmp_path, capsys):
+    from facepriv.data.images import encode_image, resize_to
+
+    out = tmp_path / "o"
+    assert eval_main(["verify", "-c", str(assets["rgb"]), "-p", f"big={assets['big']}", "--resize", "--no-plots",
+                      "-o", str(out), "-q"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    (r,) = doc["results"]
+    assert doc["settings"]["resize"] is True and doc["complete"] is True
+    assert r["resized"]["to"] == "16x16" and r["resized"]["from"] == {"48x48": 8} and r["resized"]["stretched"] == 0
+    summary = (out / "summary.md").read_text()
+    assert "| rgb | big (resized) |" in summary and "not comparable" in summary
+    # the scores are those of the same faces resized beforehand (lossless), so the resize is real
+    big = load_set(parse_set_spec("big", str(assets["big"])))
+    small = [encode_image(resize_to(big.load_image(i), (16, 16)), ".png") for i in range(big.num_images)]
+    write_bin(tmp_path / "small.bin", small, big.issame.tolist())
+    a = verify([assets["rgb"]], {"big": str(assets["big"])}, resize=True, progress=False, keep_scores=True)
+    b = verify([assets["rgb"]], {"small": str(tmp_path / "small.bin")}, progress=False, keep_scores=True)
+    np.testing.assert_allclose(a["results"][0]["scores"], b["results"][0]["scores"], rtol=0, atol=1e-12)
+    assert "resized" not in b["results"][0]
+
+
+def test_pairs_replaces_set_which_still_works_with_a_warning(assets, tmp_path, capsys):
+    base = ["verify", "-c", str(assets["rgb"]), "--no-plots", "-q"]
+    assert eval_main([*base, "--pairs", f"t={assets['bin']}", "-o", str(tmp_path / "new")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert eval_main([*base, "--set", f"t={assets['bin']}", "-o", str(tmp_path / "old")]) == 0
+    assert "--set/-s for verification sets is deprecated" in capsys.readouterr().err
+    new, old = (json.loads((tmp_path / d / "metrics.json").read_text())["results"][0]["summary"] for d in ("new", "old"))
+    assert new == old
+    err = _run_error([*base, "-o", str(tmp_path / "none")], capsys)
+    assert "--pairs" in err
+    assert eval_main(["verify", "--help"]) == 0
+    assert "--pairs NAME=SPEC" in capsys.readouterr().out
+    from facepriv.eval.cli import build_parser  # eval subsets takes the same spelling
+
+    for flag, deprecated in (("--pairs", False), ("-s", True)):
+        args = build_parser().parse_args(["subsets", "-c", "m.pt", flag, "s=a.bin", "-o", "o"])
+        assert args.set == ("s", "a.bin") and args.deprecated_set is deprecated
