@@ -57,10 +57,10 @@ def test_cli_writes_json(tmp_path, capsys, tiny_model):
     write_bin(tmp_path / "s.bin", [vset.load_image(int(i)) for ab in vset.pairs for i in ab], vset.issame)
     tiny_model({"name": "partialface", "secret_seed": 5, "n_subsets": 2, "subsets_per_identity": 1,
                 "n_permutations": 1, "sample_multiplier": 1}).save(tmp_path / "pf.pt")
-    rc = eval_main(["subsets", "-c", str(tmp_path / "pf.pt"), "-s", f"s={tmp_path / 's.bin'}", "-o", str(tmp_path / "o"),
+    rc = eval_main(["subsets", "-c", str(tmp_path / "pf.pt"), "-p", f"s={tmp_path / 's.bin'}", "-o", str(tmp_path / "o"),
                     "--max-pairs", "12", "--device", "cpu"])
     assert rc == 0
     data = json.loads((tmp_path / "o" / "subsets.json").read_text())
     assert data["pairs"] == 12 and len(data["fixed"]) == 2 and "random layouts: AUC" in capsys.readouterr().out
-    rc = eval_main(["subsets", "-c", str(tmp_path / "missing.pt"), "-s", f"s={tmp_path / 's.bin'}", "-o", str(tmp_path / "o")])
+    rc = eval_main(["subsets", "-c", str(tmp_path / "missing.pt"), "-p", f"s={tmp_path / 's.bin'}", "-o", str(tmp_path / "o")])
     assert rc == 2
