@@ -113,15 +113,28 @@ def begin_checkpoint(run_dir: str | os.PathLike[str], step: int) -> Path:
     return staging
 
 
-def commit_checkpoint(staging: Path, keep_last: int) -> Path:
-    """Rank 0, after a barrier: publish the staging folder and prune old checkpoints."""
+def commit_checkpoint(staging: Path, keep_last: int, protect: tuple[Path | None, ...] = ()) -> Path:
+    """Rank 0, after a barrier: publish the staging folder and prune old checkpoints.
+
+    ``protect``: checkpoints never pruned here (the one the run started from: see
+    facepriv.training.lineage). A checkpoint of the same step is replaced only once the new
+    one is in place, so a crash in between never leaves the step without a checkpoint.
+    """
     final = staging.with_name(staging.name[: -len(".partial")])
+    previous = None
     if final.exists():
-        shutil.rmtree(final)
+        previous = final.with_name(final.name + ".replaced")
+        if previous.exists():
+            shutil.rmtree(previous)
+        os.replace(final, previous)
     os.replace(staging, final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     run_dir = final.parent.parent
+    keep = {p.resolve() for p in protect if p is not None}
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -33,6 +33,7 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
         "  facepriv train training/configs/tiny_cpu.yaml --out runs/tiny\n"
         "  facepriv train cfg.yaml --set optim.lr=0.05 --set data.batch_size=64\n"
         "  facepriv train cfg.yaml --out runs/tiny --resume          # continue the newest checkpoint\n"
+        "  facepriv train new.yaml --resume runs/tiny --fork --out runs/tiny-lr  # continue with new settings\n"
         "  torchrun --standalone --nproc_per_node 4 -m facepriv.training.cli cfg.yaml --out runs/ddp\n"
         "See docs/training.md for multi-node / SLURM recipes and the config reference.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,7 +43,11 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue from a checkpoint: no value = the newest complete checkpoint in --out "
                    "(a fresh start if there is none yet, so requeued jobs can always pass --resume); "
-                   "or a run folder / checkpoint folder")
+                   "or a run folder / checkpoint folder. The config must match the checkpoint's (logging, eval, "
+                   "checkpoint cadence and workers may change); use --fork to change optimiser/schedule/DP settings")
+    p.add_argument("--fork", action="store_true",
+                   help="with --resume PATH and --out NEW: continue that checkpoint with this config's optimiser, "
+                   "LR schedule and DP-budget settings in the new run folder (the source run is left as it is)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.1 --set frontend.sample_multiplier=1 (repeatable)")
     p.add_argument("--max-steps", type=int, default=None,
@@ -77,10 +82,15 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
         return 0
     if args.quiet:
         cfg.logging.progress = False
+    if args.fork and (args.resume in (None, "auto") or not (args.out or cfg.output_dir)):
+        print(f"{prog}: error: --fork needs --resume PATH (the checkpoint or run to fork) and --out NEW_RUN_DIR",
+              file=sys.stderr)
+        return 2
 
     from .checkpoint import latest_checkpoint
     from .components import default_run_dir
     from .distributed import broadcast_object, cleanup_distributed, init_distributed
+    from .lineage import ResumeError
     from .trainer import Trainer
 
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
             # a requeued job's first attempt: nothing to resume yet, start the run
             log.warning("--resume: no checkpoint in %s yet; starting a new run", run_dir)
             resume = None
-        trainer = Trainer(cfg, run_dir=run_dir, resume=resume, dist_env=env)
+        trainer = Trainer(cfg, run_dir=run_dir, resume=resume, dist_env=env, fork=args.fork)
         stop = None if args.stop_after_minutes is None else 60.0 * args.stop_after_minutes
         summary = trainer.fit(max_steps=args.max_steps, stop_after_s=stop)
         if env.is_main:
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
             print(json.dumps({"run_dir": str(run_dir), "step": summary["step"], "total_steps": summary["total_steps"],
                               "stopped_early": summary["stopped_early"], "epsilon": summary["epsilon"],
                               "verification": verify}, indent=2, default=str))
-    except (ConfigError, FileNotFoundError) as exc:  # user errors: the message says it all
+    except (ConfigError, FileNotFoundError, ResumeError, FloatingPointError) as exc:  # the message says it all
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     finally:

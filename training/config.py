@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -309,6 +310,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -338,14 +341,44 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any], *, source: str | None = None) -> TrainConfig:
-    """Build a TrainConfig from a plain mapping, rejecting unknown keys."""
+def _nonfinite(value: Any, where: str) -> str | None:
+    """The dotted path of the first NaN/inf number anywhere in ``value`` (free-form sections too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _nonfinite(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def config_from_dict(data: dict[str, Any], *, source: str | None = None, check_builds: bool = True) -> TrainConfig:
+    """Build a TrainConfig from a plain mapping: strict keys and types, value ranges, then
+    (``check_builds``) the frontend, model and head are built on the meta device so that a
+    bad option fails here, in one line naming the key, before any data is touched."""
     try:
+        bad = _nonfinite(data, "")
+        if bad is not None:
+            raise ConfigError(f"{bad}: expected a finite number, got {_lookup(data, bad)!r}")
         cfg = _from_dict(TrainConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
-    validate_config(cfg, source=source)
+    validate_config(cfg, source=source, check_builds=check_builds)
     return cfg
+
+
+def _lookup(data: Any, path: str) -> Any:
+    import re
+
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        data = data[int(part[1:-1])] if part.startswith("[") else data[part]
+    return data
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -426,8 +459,9 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_config(cfg: TrainConfig, *, source: str | None = None) -> None:
-    """Cross-field checks the type system cannot express."""
+def validate_config(cfg: TrainConfig, *, source: str | None = None, check_builds: bool = True) -> None:
+    """Cross-field checks and value ranges the type system cannot express, then (``check_builds``)
+    ``facepriv.training.config_check.check_builds``. Every error is one line naming the key."""
     prefix = f"{source}: " if source else ""
 
     def fail(msg: str) -> None:
@@ -438,31 +472,81 @@ def validate_config(cfg: TrainConfig, *, source: str | None = None) -> None:
             fail(f"{name}.name must be set (a string), got {section.get('name')!r}")
     if cfg.data.format in ("folder", "recordio") and not cfg.data.path:
         fail(f"data.path is required for data.format {cfg.data.format!r}")
-    if cfg.data.batch_size < 1:
-        fail(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
-    if cfg.data.num_workers < 0:
-        fail(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if cfg.data.image_size < 8 or cfg.data.image_size % 8:
         fail(f"data.image_size must be a positive multiple of 8 (block DCT), got {cfg.data.image_size}")
-    if cfg.optim.lr <= 0:
-        fail(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if cfg.schedule.max_steps is not None and cfg.schedule.max_steps < 1:
-        fail(f"schedule.max_steps must be >= 1, got {cfg.schedule.max_steps}")
+    for key, ok, rule in _RULES:
+        value = _get(cfg, key)
+        if not ok(value):
+            fail(f"{key} must be {rule}, got {value!r}")
     if cfg.schedule.max_steps is None and cfg.schedule.epochs <= 0:
         fail(f"schedule.epochs must be > 0 (or set schedule.max_steps), got {cfg.schedule.epochs}")
-    if not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
-        fail(f"schedule.min_lr_ratio must be in [0, 1], got {cfg.schedule.min_lr_ratio}")
-    if cfg.checkpoint.every_steps < 0 or cfg.eval.every_steps < 0 or cfg.logging.every_steps < 1:
-        fail("checkpoint.every_steps and eval.every_steps must be >= 0, logging.every_steps >= 1")
-    if cfg.checkpoint.keep_last < 1:
-        fail(f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}")
+    if cfg.optim.nesterov and cfg.optim.momentum <= 0:
+        fail(f"optim.nesterov needs optim.momentum > 0, got {cfg.optim.momentum}")
+    if len(cfg.optim.betas) != 2:
+        fail(f"optim.betas must be two numbers [beta1, beta2], got {cfg.optim.betas}")
     for i, vs in enumerate(cfg.eval.sets):
         if not vs.path:
             fail(f"eval.sets[{i}].path is required")
-    if cfg.dp.enabled:
-        if cfg.dp.epsilon <= 0 or (cfg.dp.delta is not None and not 0 < cfg.dp.delta < 1) or cfg.dp.max_grad_norm <= 0:
-            fail("dp: epsilon > 0, 0 < delta < 1 (or null) and max_grad_norm > 0 are required")
-        if cfg.distill.enabled:
-            fail("dp.enabled and distill.enabled cannot be combined (the teacher's embeddings are not privatised)")
+    if cfg.dp.enabled and cfg.distill.enabled:
+        fail("dp.enabled and distill.enabled cannot be combined (the teacher's embeddings are not privatised)")
     if cfg.distill.enabled and cfg.distill.cosine_weight <= 0 and cfg.distill.head_weight <= 0:
         fail("distill: at least one of cosine_weight and head_weight must be > 0")
+    if check_builds:
+        from .config_check import check_builds as _check_builds
+
+        try:
+            _check_builds(cfg)
+        except ConfigError as exc:
+            raise ConfigError(prefix + str(exc)) from None
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+#: (key, accepted?, the rule in words). Types are already checked; these are the ranges.
+_RULES: list[tuple[str, Any, str]] = [
+    ("seed", lambda v: 0 <= v < 2**63, "in [0, 2^63)"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("data.num_classes", _optional(lambda v: v >= 1), ">= 1 or null"),
+    ("data.max_samples", _optional(lambda v: v >= 1), ">= 1 or null"),
+    ("input_norm.calibration_batches", lambda v: v >= 1, ">= 1"),
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "in [0, 1) each"),
+    ("optim.eps", lambda v: v > 0, "> 0"),
+    ("optim.frontend_lr", _optional(lambda v: v >= 0), ">= 0 or null"),
+    ("optim.frontend_weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.head_lr_scale", lambda v: v >= 0, ">= 0"),
+    ("optim.clip_grad_norm", _optional(lambda v: v >= 0), "> 0 (or 0 / null to disable clipping)"),
+    ("schedule.epochs", lambda v: v >= 0, ">= 0"),
+    ("schedule.max_steps", _optional(lambda v: v >= 1), ">= 1 or null"),
+    ("schedule.warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("schedule.warmup_steps", _optional(lambda v: v >= 0), ">= 0 or null"),
+    ("schedule.power", lambda v: v > 0, "> 0"),
+    ("schedule.milestones", lambda v: all(m >= 0 for m in v), ">= 0 each"),
+    ("schedule.gamma", lambda v: v > 0, "> 0"),
+    ("schedule.min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("checkpoint.every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("checkpoint.keep_last", lambda v: v >= 1, ">= 1"),
+    ("eval.every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("eval.folds", lambda v: v >= 2, ">= 2"),
+    ("eval.max_pairs", _optional(lambda v: v >= 1), ">= 1 or null"),
+    ("dp.epsilon", lambda v: v > 0, "> 0"),
+    ("dp.delta", _optional(lambda v: 0 < v < 1), "in (0, 1), or null for 1/(10 N)"),
+    ("dp.max_grad_norm", lambda v: v > 0, "> 0"),
+    ("distill.cosine_weight", lambda v: v >= 0, ">= 0"),
+    ("distill.head_weight", lambda v: v >= 0, ">= 0"),
+    ("distill.batch_size", lambda v: v >= 1, ">= 1"),
+    ("logging.every_steps", lambda v: v >= 1, ">= 1"),
+    ("distributed.timeout_minutes", lambda v: v > 0, "> 0"),
+]

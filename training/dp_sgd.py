@@ -59,20 +59,24 @@ from .sampler import PoissonBatchSampler
 log = logging.getLogger(__name__)
 
 
-def adapt_config_for_dp(cfg: TrainConfig) -> TrainConfig:
-    """Return a copy with what DP-SGD needs: a BatchNorm-free backbone, full precision."""
+def adapt_config_for_dp(cfg: TrainConfig, *, quiet: bool = False) -> TrainConfig:
+    """Return a copy with what DP-SGD needs: a BatchNorm-free backbone, full precision.
+
+    ``quiet``: no warnings (the config-load check builds the adapted model; the trainer warns).
+    """
     if not cfg.dp.enabled:
         return cfg
     cfg = copy.deepcopy(cfg)
     if cfg.model.get("norm", "batch") != "group":
-        log.warning("dp.enabled: using model.norm=group (Opacus cannot compute per-sample gradients through BatchNorm)")
+        if not quiet:
+            log.warning("dp.enabled: using model.norm=group (Opacus cannot compute per-sample gradients through BatchNorm)")
         cfg.model["norm"] = "group"
     if cfg.model.get("feature_norm") == "batch":
         cfg.model["feature_norm"] = "layer"
     head_type = cfg.head.get("type", "softmax")
     if head_type not in ("softmax", "full"):
         raise ConfigError(f"dp.enabled needs head.type: softmax (got {head_type!r}); Partial FC has no per-sample gradients")
-    if cfg.optim.amp not in ("none", "auto"):
+    if cfg.optim.amp not in ("none", "auto") and not quiet:
         log.warning("dp.enabled: mixed precision is disabled under DP-SGD (per-sample gradients in fp32)")
     cfg.optim.amp = "none"
     if cfg.frontend.get("name") == "partialface" and int(cfg.frontend.get("sample_multiplier", 3)) != 1:

@@ -68,3 +68,17 @@ def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, steps_per_epoch: 
     # One multiplier per param group: frontend, backbone and head share the shape of the
     # schedule but keep their own peak learning rates.
     return LambdaLR(optimizer, [fn] * len(optimizer.param_groups)), resolved
+
+
+def position_scheduler(scheduler: LambdaLR, step: int) -> None:
+    """Move a freshly built scheduler to ``step``: each group's lr becomes its peak x lr(step).
+
+    For a forked run, whose new schedule continues at the checkpoint's step (a resumed run
+    loads the scheduler's state instead).
+    """
+    import warnings
+
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()

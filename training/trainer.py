@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint as ckpt
+from . import lineage
 from .batches import Batch, SafeDataset, apply_hflip, as_batch, collate_samples, flip_mask, images_to_float
 from .components import (
     build_margin_head,
@@ -56,7 +57,7 @@ from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, all_true, bar
 from .metrics_log import RunLogger
 from .rng import capture_rng_state, derive_seed, module_generators, restore_rng_state, seed_everything
 from .sampler import ShardedBatchSampler
-from .schedule import build_scheduler
+from .schedule import build_scheduler, position_scheduler
 from .verification import VerificationRunner
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ class Trainer:
         run_dir: where checkpoints, logs and the final model go (None: nothing is written,
             e.g. inside a federated client).
         resume: a checkpoint folder, a run folder (its newest complete checkpoint) or
-            "auto" (= run_dir) to continue exactly where that run stopped.
+            "auto" (= run_dir) to continue exactly where that run stopped. The config must
+            match the checkpoint's (see facepriv.training.lineage.FREE_KEYS for what may differ).
+        fork: continue ``resume``'s state with changed optimiser / schedule / DP-budget
+            settings in a new ``run_dir`` (the LR schedule is rebuilt at the checkpoint's step).
         dataset: a map-style dataset returning ``(image, label)``; default from ``config.data``.
         recognizer / head: pre-built modules (federated clients, tests); default from config.
         teacher: distillation teacher, any ``Callable[[Tensor], Tensor]`` on RGB [0, 1]
@@ -103,6 +107,7 @@ class Trainer:
         head: nn.Module | None = None,
         teacher: Callable[[Tensor], Tensor] | None = None,
         dist_env: DistEnv | None = None,
+        fork: bool = False,
     ) -> None:
         if config.dp.enabled:
             from .dp_sgd import adapt_config_for_dp
@@ -119,7 +124,14 @@ class Trainer:
         seed_everything(derive_seed("global", cfg.seed, self.env.rank))
 
         resume_dir = ckpt.resolve_resume(resume, self.run_dir) if resume is not None else None
+        if fork and (resume_dir is None or self.run_dir is None or lineage.same_folder(resume_dir, self.run_dir)):
+            raise lineage.ResumeError("a fork continues a checkpoint (resume=...) in a new run folder (run_dir, not "
+                                      "the checkpoint's own run folder)")
+        self._fork = fork
+        self._start_checkpoint = resume_dir  # never pruned by this run
         shared = self._load_shared(resume_dir) if resume_dir is not None else None
+        self._settings_changed = lineage.check_resume_settings(
+            resume_dir / "shared.pt", shared["config"], config_to_dict(cfg), fork=fork) if shared is not None else {}
 
         # ---- data
         failure_log = self.run_dir / f"data_failures.rank{self.env.rank}.jsonl" if self.run_dir else None
@@ -197,6 +209,7 @@ class Trainer:
         # ---- DDP (after calibration/restore: DDP broadcasts rank 0's parameters and buffers)
         self.model, self.head_module = self._wrap_ddp()
 
+        self._begin_lineage()  # only now that the start is accepted: set aside other lineages' checkpoints
         self.logger = RunLogger(self.run_dir, csv_enabled=cfg.logging.csv, tensorboard=cfg.logging.tensorboard,
                                 enabled=self.env.is_main)
         if resume_dir is not None:
@@ -474,6 +487,7 @@ class Trainer:
                     break
         finally:
             bar.close()
+        self._check_finite_weights()
         self.save_checkpoint()
         # a run stopped by its time budget skips verification: the job must exit in time
         results = self.evaluate() if self.verifier.enabled and not self.stopped_early else {}
@@ -486,6 +500,20 @@ class Trainer:
         self.logger.close()
         summary["verification"] = {k: v["flat"] for k, v in results.items()}
         return summary
+
+    def _check_finite_weights(self) -> None:
+        """Refuse to checkpoint or export a model whose weights went NaN/inf (e.g. a huge lr):
+        the run fails loudly instead of exiting 0 with a useless model; the last good
+        checkpoint stays the newest."""
+        bad = [name for name, p in self.recognizer.named_parameters() if not bool(torch.isfinite(p).all())]
+        if self.head is not None:
+            bad += [f"head.{name}" for name, p in self.head.named_parameters() if not bool(torch.isfinite(p).all())]
+        if not all_true(not bad, self.device):  # one decision on every rank (Partial FC shards differ)
+            where = f"{len(bad)} tensors, e.g. {bad[0]}" if bad else "on another rank"
+            raise FloatingPointError(
+                f"the model's weights are NaN/inf at step {self.step} ({where}); "
+                "not writing a checkpoint or model.pt. Lower optim.lr or enable optim.clip_grad_norm"
+            )
 
     # ------------------------------------------------------------------ logging / eval
 
@@ -552,7 +580,7 @@ class Trainer:
         resolved["frontend"] = fe_cfg
         from .config import config_from_dict
 
-        return save_config(config_from_dict(resolved), self.run_dir / "config.yaml")
+        return save_config(config_from_dict(resolved, check_builds=False), self.run_dir / "config.yaml")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -577,12 +605,14 @@ class Trainer:
                 "world_size": self.env.world_size, "num_classes": self.num_classes,
                 "num_samples": len(self.dataset), "config": config_to_dict(self.cfg),
                 "epsilon": self.epsilon(),
+                "lineage": {"started_from": str(self._start_checkpoint) if self._start_checkpoint else None,
+                            "fork": self._fork},
             }
             ckpt.atomic_torch_save(shared, staging / "shared.pt")
         barrier()
         final = None
         if self.env.is_main:
-            final = ckpt.commit_checkpoint(staging, self.cfg.checkpoint.keep_last)
+            final = ckpt.commit_checkpoint(staging, self.cfg.checkpoint.keep_last, protect=(self._start_checkpoint,))
             log.info("checkpoint written: %s", final)
         barrier()
         return final if final is not None else ckpt.checkpoint_dir(self.run_dir, self.step)
@@ -635,6 +665,23 @@ class Trainer:
                 raise RuntimeError(f"{where}: has no DP-SGD state (accountant), but dp.enabled is true")
             self.dp.load_state_dict(state["dp"])
 
+    def _begin_lineage(self) -> None:
+        """Rank 0: move this run folder's checkpoints that are not on the new line of descent
+        to ``abandoned/`` and record the start in ``lineage.json`` (see training/lineage.py)."""
+        if self.run_dir is None:
+            return
+        if self.env.is_main:
+            start = self._start_checkpoint
+            kind = "fork" if self._fork else ("resume" if start is not None else "fresh")
+            keep = start if start is not None and lineage.same_folder(start, self.run_dir) else None
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            moved = lineage.abandon(self.run_dir, keep, reason=f"before-{kind}-at-step-{self.step}")
+            if moved is not None:
+                log.warning("%s start at step %d: checkpoints of %s that this run does not continue were moved to %s "
+                            "(a plain --resume continues this run from now on)", kind, self.step, self.run_dir, moved)
+            lineage.record_start(self.run_dir, kind, start, self.step, moved, self._settings_changed)
+        barrier()
+
     def _load_shared(self, path: Path) -> dict[str, Any]:
         shared = ckpt.safe_load(path / "shared.pt")
         ckpt.check_format(shared, path / "shared.pt")
@@ -657,8 +704,28 @@ class Trainer:
         self.recognizer.load_state_dict(read_checkpoint(path / "model.pt")["state_dict"])
         # rank files of version-1 checkpoints keep the schedule and position in shared.pt only
         state = {"scheduler": shared["scheduler"], "progress": shared["progress"], **state}
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.load_state_dict(state, where=str(rank_path))
+        if self._fork:
+            self._apply_forked_settings(fresh_groups)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    def _apply_forked_settings(self, fresh_groups: list[dict[str, Any]]) -> None:
+        """A fork keeps the optimiser's state (momentum) but takes lr, weight decay, ... and the
+        LR schedule from the new config, continued at the checkpoint's step."""
+        if len(fresh_groups) != len(self.optimizer.param_groups):
+            raise lineage.ResumeError(f"fork: the checkpoint's optimiser has {len(self.optimizer.param_groups)} "
+                                      f"parameter groups, the new config {len(fresh_groups)}")
+        for group, fresh in zip(self.optimizer.param_groups, fresh_groups):
+            group.update(fresh)
+        self.scheduler, self.schedule = build_scheduler(self.optimizer, self.cfg.schedule, self.steps_per_epoch)
+        position_scheduler(self.scheduler, self.step)
+        if self.dp is not None:
+            log.warning("fork of a DP-SGD run: the noise multiplier is set for dp.epsilon over the whole new schedule, "
+                        "while the accountant keeps the source's history; the epsilon reported is the composition "
+                        "of both and may exceed dp.epsilon")
+        log.info("forked from %s at step %d with new settings: %s", self._start_checkpoint, self.step,
+                 lineage.describe_diff(self._settings_changed) or "none")
 
     def export_model(self, path: str | Path) -> Path:
         """The deployable FaceRecognizer file (what ``facepriv eval`` and clients load)."""

@@ -126,3 +126,86 @@ def test_input_norm_auto_choice_survives_a_checkpoint(tmp_path: Path, tiny_confi
     assert (None if model.input_norm is None else type(model.input_norm).__name__) == kind
     loaded = FaceRecognizer.load(model.save(tmp_path / "m.pt"))
     assert type(loaded.input_norm) is type(model.input_norm)
+
+
+# --------------------------------------------------------------------------- validation at load time
+
+
+@pytest.mark.parametrize("override, names", [
+    ("optim.lr=.nan", "optim.lr: expected a finite number"),
+    ("optim.clip_grad_norm=-1", "optim.clip_grad_norm must be > 0"),
+    ("optim.momentum=-0.5", "optim.momentum must be in [0, 1)"),
+    ("model.width=1.0e+6", "model.width=1000000.0"),
+    ("model.width=1e6", "model.width: expected a number, got '1e6'"),  # YAML reads 1e6 as a string
+    ("head.s='64'", "head.s: expected a number, got '64'"),
+    ("model.width=40", "the limit is"),
+    ("data.image_size=56", "input_size must be a positive multiple of 16, got 56"),
+    ("frontend={name: dctdp, epsilon_mean: '4'}", "frontend.epsilon_mean: expected a number, got '4'"),
+    ("frontend={name: dctdp, epsilon_mean: .inf}", "frontend.epsilon_mean: expected a finite number"),
+    ("frontend={name: dctdp, epsilon: 4}", "frontend.epsilon: 'dctdp' has no such option"),
+    ("head.margin=arcfaec", "unknown margin 'arcfaec'"),
+    ("head.s=.inf", "head.s: expected a finite number"),
+    ("dp.delta=2", "dp.delta must be in (0, 1)"),
+    ("eval.folds=1", "eval.folds must be >= 2"),
+    ("optim.nesterov=true", "optim.nesterov needs optim.momentum > 0"),
+])
+def test_bad_values_fail_at_load_in_one_line_naming_the_key(override: str, names: str, capsys, monkeypatch) -> None:
+    from facepriv.training import cli, components
+
+    def no_data(*args, **kwargs):  # the error must come before any dataset is built
+        raise AssertionError("the dataset was built before the config was validated")
+
+    monkeypatch.setattr(components, "build_train_dataset", no_data)
+    extra = ["optim.momentum=0"] if "nesterov" in override else []
+    rc = cli.main([str(CONFIG_DIR / "tiny_cpu.yaml"), "--set", override] + [a for e in extra for a in ("--set", e)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert names in err and "tiny_cpu.yaml" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_the_one_minute_demo_config_trains_through_the_cli(tmp_path: Path, capsys) -> None:
+    """docs/training.md's first command: tiny_cpu.yaml must build and train (2 steps here)."""
+    from facepriv.training import checkpoint as ckpt
+    from facepriv.training import cli
+
+    rc = cli.main([str(CONFIG_DIR / "tiny_cpu.yaml"), "--out", str(tmp_path / "tiny"), "--max-steps", "2", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "tiny")] == ["step_00000002"]
+
+
+def _tiny_overrides(path: Path, teacher: Path) -> list[str]:
+    """Shrink data and width; keep every other choice of the shipped config (frontend, head,
+    optimiser, AMP, DP, distillation) so one real step runs through it."""
+    cfg = yaml.safe_load(path.read_text())
+    out = ["data.format=synthetic", "data.synthetic={n_identities: 4, images_per_identity: 4, cache: true}",
+           "data.batch_size=4", "data.num_workers=0", "data.num_classes=null", "model.width=0.0625",
+           "eval.sets=[]", "schedule.max_steps=2", "logging.tensorboard=false", "logging.progress=false",
+           "checkpoint.every_steps=0", "input_norm.calibration_batches=1", "device=cpu"]
+    if (cfg.get("distill") or {}).get("enabled"):
+        out.append(f"distill.teacher={teacher}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A 512-d RGB FaceRecognizer at 112x112 to stand in for the distillation config's teacher."""
+    from facepriv.training.components import build_recognizer
+
+    cfg = load_config(None, ["data.format=synthetic", "model={name: iresnet18, width: 0.0625, embedding_size: 512}"])
+    return build_recognizer(cfg).save(tmp_path_factory.mktemp("teacher") / "model.pt")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_takes_a_training_step(path: Path, tmp_path: Path, tiny_teacher: Path) -> None:
+    import math
+
+    import torch
+
+    from facepriv.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    cfg = load_config(path, _tiny_overrides(path, tiny_teacher))
+    trainer = Trainer(cfg, run_dir=tmp_path / "run")
+    result = trainer.train_step(trainer.next_batch())
+    assert math.isfinite(float(result.loss)) and trainer.step == 1
+    trainer.close()

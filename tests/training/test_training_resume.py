@@ -5,10 +5,12 @@ checkpointed), dropout (torch's global RNG), flips and an epoch boundary after t
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from facepriv.training import checkpoint as ckpt
 from facepriv.training.trainer import Trainer
@@ -115,3 +117,94 @@ def test_training_checkpoints_are_not_unpickled_on_vulnerable_torch(tmp_path: Pa
         ckpt.safe_load(path)
     monkeypatch.undo()
     assert torch.equal(ckpt.safe_load(path)["x"], torch.zeros(2))
+
+
+# --------------------------------------------------------------------------- lineage: refuse, fork, branch
+
+
+def _lineage_cfg(tiny_config, **kw):
+    kw.setdefault("schedule", {"max_steps": 6, "warmup_steps": 1})
+    kw.setdefault("checkpoint", {"every_steps": 2, "keep_last": 3})
+    return tiny_config(**kw)
+
+
+def test_resume_with_changed_settings_is_refused_and_a_fork_applies_them(tmp_path: Path, tiny_config) -> None:
+    from facepriv.training.lineage import ResumeError
+
+    src = tmp_path / "src"
+    Trainer(_lineage_cfg(tiny_config), run_dir=src).fit(max_steps=4)
+    before = sorted(p.name for p in ckpt.list_checkpoints(src))
+
+    changed = _lineage_cfg(tiny_config, optim={"lr": 0.2}, schedule={"max_steps": 10, "warmup_steps": 1})
+    with pytest.raises(ResumeError, match=r"optim\.lr: 0\.05 -> 0\.2.*schedule\.max_steps: 6 -> 10.*--fork"):
+        Trainer(changed, run_dir=src, resume="auto")
+    # what does not change the training may differ
+    free = _lineage_cfg(tiny_config, logging={"every_steps": 3, "progress": False}, checkpoint={"every_steps": 1, "keep_last": 5})
+    assert Trainer(free, run_dir=src, resume="auto").step == 4
+
+    with pytest.raises(ResumeError, match="new run folder"):
+        Trainer(changed, run_dir=src, resume=src, fork=True)
+    with pytest.raises(ResumeError, match=r"cannot fork with a different model\.embedding_size"):
+        Trainer(_lineage_cfg(tiny_config, model={**changed.model, "embedding_size": 32}),
+                run_dir=tmp_path / "bad", resume=src, fork=True)
+
+    fork = Trainer(changed, run_dir=tmp_path / "fork", resume=src, fork=True)
+    assert fork.step == 4 and fork.total_steps == 10
+    # the new schedule continues at step 4: poly decay of the new peak lr over 10 steps
+    expected = 0.2 * fork.scheduler.lr_lambdas[0](4)
+    assert fork.current_lrs()["backbone"] == pytest.approx(expected)
+    fork.fit()
+    assert fork.step == 10
+    written = yaml.safe_load((tmp_path / "fork" / "config.yaml").read_text())
+    assert written["optim"]["lr"] == 0.2 and written["schedule"]["max_steps"] == 10
+    events = json.loads((tmp_path / "fork" / "lineage.json").read_text())
+    assert events[-1]["start"] == "fork" and events[-1]["from"].endswith("step_00000004")
+    assert events[-1]["changed"]["optim.lr"] == [0.05, 0.2]
+    assert sorted(p.name for p in ckpt.list_checkpoints(src)) == before  # the source run is untouched
+
+
+def test_resume_from_an_older_checkpoint_branches_without_pruning_or_losing_anything(tmp_path: Path, tiny_config) -> None:
+    run = tmp_path / "run"
+    Trainer(_lineage_cfg(tiny_config), run_dir=run).fit()
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002", "step_00000004", "step_00000006"]
+    assert (run / "model.pt").is_file()
+
+    start = ckpt.checkpoint_dir(run, 2)
+    branch = Trainer(_lineage_cfg(tiny_config, checkpoint={"every_steps": 1, "keep_last": 1}), run_dir=run, resume=start)
+    branch.fit(max_steps=2)  # steps 3 and 4 of the new lineage; keep_last=1 prunes all but the newest...
+    # ...except the checkpoint this run started from
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    # the abandoned lineage's newer checkpoints and its final model are set aside, not deleted
+    (aside,) = (run / "abandoned").iterdir()
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+    assert (aside / "model.pt").is_file() and not (run / "model.pt").exists()
+
+    # a plain --resume continues the new lineage (step 4 written by the branch), not step 6
+    again = Trainer(_lineage_cfg(tiny_config), run_dir=run, resume="auto")
+    assert again.step == 4
+    shared = torch.load(ckpt.latest_checkpoint(run) / "shared.pt", weights_only=True)
+    assert shared["lineage"]["started_from"] == str(start)
+    # the branch's logs end at its own step 4 (rows of the abandoned steps 5-6 are gone)
+    assert [int(s) for s, _ in _losses(run)] == [1, 2, 3, 4]
+
+
+def test_a_fresh_start_in_a_used_run_folder_sets_the_old_run_aside(tmp_path: Path, tiny_config) -> None:
+    run = tmp_path / "run"
+    Trainer(_lineage_cfg(tiny_config, schedule={"max_steps": 2}), run_dir=run).fit()
+    Trainer(_lineage_cfg(tiny_config, schedule={"max_steps": 4}), run_dir=run).fit(max_steps=1)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000001"]
+    (aside,) = (run / "abandoned").iterdir()
+    assert [p.name for p in (aside / "checkpoints").iterdir()] == ["step_00000002"]
+    assert [int(s) for s, _ in _losses(aside)] == [1, 2] and [int(s) for s, _ in _losses(run)] == [1]
+
+
+def test_a_run_whose_weights_blow_up_fails_instead_of_exporting_nan(tmp_path: Path, tiny_config) -> None:
+    """(A NaN lr is refused at config load; this is the same end state reached by divergence.)"""
+    trainer = Trainer(tiny_config(schedule={"max_steps": 3}), run_dir=tmp_path / "run")
+    trainer.fit(max_steps=1)
+    with torch.no_grad():
+        next(trainer.recognizer.backbone.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"NaN/inf at step 3 .*backbone"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000001"]  # the last good one
