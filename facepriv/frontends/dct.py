@@ -198,12 +198,14 @@ def _chunk_size(per_image_bytes: int, batch: int) -> int:
     return max(1, min(batch, _CHUNK_BYTES // max(1, per_image_bytes)))
 
 
-def block_dct(images: Tensor, upsample: int = 8, *, validate: bool = True) -> Tensor:
+def block_dct(images: Tensor, upsample: int = 8, *, validate: bool = True, out: Tensor | None = None) -> Tensor:
     """Block DCT of RGB faces: ``B x 3 x H x W`` in [0, 1] -> ``B x 192 x (H*upsample/8) x (W*upsample/8)``.
 
     Exact (to float rounding) equivalent of up-sampling with ``F.interpolate(bilinear,
     align_corners=True)``, converting to level-shifted YCbCr and taking the orthonormal 8x8
     DCT of every block, without materialising the up-sampled image. Differentiable.
+    ``out``: a contiguous tensor of the output's shape and dtype to write into (no-grad path
+    only): a caller that reuses one buffer skips the page faults of a fresh allocation.
     """
     if validate:
         validate_images(images, multiple_of=BLOCK)
@@ -212,8 +214,16 @@ def block_dct(images: Tensor, upsample: int = 8, *, validate: bool = True) -> Te
     b, _, h, w = y.shape
     nbh, nbw = h * upsample // BLOCK, w * upsample // BLOCK
     if torch.is_grad_enabled() and y.requires_grad:
+        if out is not None:
+            raise ValueError("block_dct: out= is for the no-grad path; the differentiable path allocates its result")
         return _block_dct_graph(y, upsample)
-    out = torch.empty(b, N_COLORS, BLOCK, BLOCK, nbh, nbw, dtype=y.dtype, device=y.device)
+    if out is None:
+        out = torch.empty(b, N_COLORS, BLOCK, BLOCK, nbh, nbw, dtype=y.dtype, device=y.device)
+    elif tuple(out.shape) != (b, FULL_CHANNELS, nbh, nbw) or out.dtype != y.dtype or not out.is_contiguous():
+        raise ValueError(f"block_dct: out must be a contiguous {y.dtype} tensor of shape {(b, FULL_CHANNELS, nbh, nbw)}, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+    else:
+        out = out.view(b, N_COLORS, BLOCK, BLOCK, nbh, nbw)
     per_image = out[0].numel() * out.element_size() * 3 // 2
     step = _chunk_size(per_image, b)
     for i in range(0, b, step):

@@ -1,8 +1,8 @@
 """Export a frontend for devices (TorchScript or ONNX), with its randomness as explicit inputs.
 
 A device runs the frontend and nothing else. Exported graphs contain no random number
-generator: the app passes the random choices in (PartialFace subset/permutation ids, DCTDP
-uniforms) from the platform's cryptographically secure source, so the privacy of the
+generator: the app passes the random choices in (PartialFace subset/permutation ids, DCTDP's
+integer discrete Laplace draws) from the platform's cryptographically secure source, so the privacy of the
 deployment does not depend on the RNG of an inference runtime. The exported file contains
 the model secret (PartialFace's subset table): ship it only inside the trusted client app.
 
@@ -22,10 +22,12 @@ from torch import Tensor, nn
 
 from facepriv.frontends.base import Frontend
 from facepriv.frontends.baselines import DCTFrontend, RGBFrontend
-from facepriv.frontends.cli_args import add_frontend_arguments, frontend_from_args
+from facepriv.frontends.cli_args import add_frontend_arguments, fixed_inference_seed_error, frontend_from_args
 from facepriv.frontends.dct import BLOCK, N_COLORS, COEFFS_PER_BLOCK, block_dct_graph, block_dct_select_graph
 from facepriv.frontends.dp import AC_INDEX, DCTDP
+from facepriv.frontends.laplace import LEVEL, discrete_laplace
 from facepriv.frontends.partial import PartialFace
+from facepriv.frontends.randomness import KeystreamWords, key_from_generator
 
 
 class _RGBDevice(nn.Module):
@@ -61,29 +63,38 @@ class _PartialFaceDevice(nn.Module):
 
 
 class _DCTDPDevice(nn.Module):
+    """DCTDP's exact grid mechanism; the integer noise ``noise_grid`` is the app's input."""
+
     def __init__(self, f: DCTDP) -> None:
         super().__init__()
         self.upsample = f.upsample
+        params = f.release_parameters()
         self.register_buffer("ac_index", torch.tensor(AC_INDEX))
-        self.register_buffer("bound", f.clip_bound.detach().clone().view(1, -1, 1, 1))
-        self.register_buffer("scale", f.noise_scales().detach().clone().unsqueeze(0))
+        self.register_buffer("inv_grid", params["inv_grid"].float().unsqueeze(0))
+        self.register_buffer("half_range", params["half_range"].float().unsqueeze(0))
+        self.register_buffer("grid", params["grid"].float().unsqueeze(0))
 
-    def forward(self, images: Tensor, noise_uniform: Tensor) -> Tensor:
+    def forward(self, images: Tensor, noise_grid: Tensor) -> Tensor:
         coeffs = torch.index_select(block_dct_graph(images, self.upsample), 1, self.ac_index)
-        clipped = torch.maximum(torch.minimum(coeffs, self.bound), -self.bound)
-        w = noise_uniform - 0.5
-        return clipped - self.scale * torch.sign(w) * torch.log1p(-2.0 * torch.abs(w))
+        k = torch.round(coeffs * self.inv_grid)
+        k = torch.maximum(torch.minimum(k, self.half_range), -self.half_range)
+        return (k + noise_grid) * self.grid
 
 
 def device_module(frontend: Frontend) -> tuple[nn.Module, list[str], str]:
     """The traceable device graph, its input names, and the randomness contract in words."""
+    own = getattr(frontend, "device_module", None)
+    if callable(own):  # a frontend that builds its own graph (MinusFace: a PartialFace subclass with a generator)
+        return own()
     if isinstance(frontend, PartialFace):
         return (_PartialFaceDevice(frontend), ["images", "subset_ids", "permutation_ids"],
                 f"subset_ids: int64 (B,) uniform in [0, {frontend.n_subsets}); permutation_ids: int64 (B,) uniform in "
                 f"[0, {frontend.n_permutations}); both from the platform CSPRNG, fresh for every image")
     if isinstance(frontend, DCTDP):
-        return (_DCTDPDevice(frontend), ["images", "noise_uniform"],
-                "noise_uniform: float32 (B, 189, H, W) uniform in (0, 1), never 0 or 1, from the platform CSPRNG, fresh for every image")
+        return (_DCTDPDevice(frontend), ["images", "noise_grid"],
+                f"noise_grid: float32 (B, 189, H, W) integers, i.i.d. discrete Laplace P(z) ~ 2^(-|z|/{LEVEL}), drawn exactly "
+                "from the platform CSPRNG, fresh for every image (reference sampler: "
+                "facepriv.frontends.laplace.discrete_laplace; its module doc gives the exact construction)")
     if isinstance(frontend, DCTFrontend):
         return _DCTDevice(frontend), ["images"], "none"
     if isinstance(frontend, RGBFrontend):
@@ -98,12 +109,21 @@ def example_inputs(frontend: Frontend, batch: int, size: int) -> tuple[Tensor, .
         return images, torch.randint(frontend.n_subsets, (batch,), generator=g), torch.randint(frontend.n_permutations, (batch,), generator=g)
     if isinstance(frontend, DCTDP):
         h, w = frontend.output_size(size, size)
-        return images, torch.rand(batch, frontend.out_channels, h, w, generator=g).clamp_(1e-6, 1 - 1e-6)
+        noise = discrete_laplace(KeystreamWords(key_from_generator(g)), batch * frontend.out_channels * h * w)
+        return images, noise.float().view(batch, frontend.out_channels, h, w)
     return (images,)
 
 
-def export_frontend(frontend: Frontend, out_dir: Path, fmt: str = "onnx", size: int = 112) -> dict[str, Any]:
-    """Write the device graph and a JSON description; check the export against PyTorch."""
+def export_frontend(frontend: Frontend, out_dir: Path, fmt: str = "onnx", size: int = 112, *,
+                    allow_fixed_inference_seed: bool = False) -> dict[str, Any]:
+    """Write the device graph and a JSON description; check the export against PyTorch.
+
+    A frontend with a fixed ``inference_seed`` is refused (a ``ValueError`` naming the fix) unless
+    ``allow_fixed_inference_seed``: a device build must not come from an evaluation-seeded model.
+    """
+    error = None if allow_fixed_inference_seed else fixed_inference_seed_error(frontend, "export")
+    if error:
+        raise ValueError(error)
     frontend = frontend.eval()
     module, names, randomness = device_module(frontend)
     module.eval()
@@ -125,12 +145,22 @@ def export_frontend(frontend: Frontend, out_dir: Path, fmt: str = "onnx", size: 
             got = _run_onnx(path, names, inputs)
         else:
             raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
-    max_diff = None if got is None else float((torch.as_tensor(got) - expected).abs().max())
+    diff = None if got is None else (torch.as_tensor(got) - expected).abs()
+    flips = None
+    if diff is not None and isinstance(frontend, DCTDP):
+        # A coefficient within float rounding of a grid-cell edge may round to the neighbouring
+        # integer in another runtime: exactly one grid step, as rare as such ties. Count them and
+        # compare the rest to float precision.
+        steps = (diff / module.grid).round()
+        flips = int((steps > 0).sum())
+        diff = diff[steps == 0]
     info = {
         "file": path.name, "format": fmt, "frontend": frontend.public_config(),
         "inputs": {n: list(t.shape[1:]) for n, t in zip(names, inputs)}, "input_convention": "images: float32 (B, 3, H, W) RGB in [0, 1], aligned",
         "randomness": randomness, "output_channels": frontend.out_channels,
-        "max_abs_difference_vs_pytorch": max_diff,
+        "max_abs_difference_vs_pytorch": None if diff is None else float(diff.max()),
+        "output_max_abs": float(expected.abs().max()),
+        **({"grid_step_flips": flips} if flips is not None else {}),
         "warning": "contains the model secret (if any): distribute only inside the trusted client app",
     }
     (out_dir / f"{frontend.name}_frontend.json").write_text(json.dumps(info, indent=2))
@@ -148,7 +178,7 @@ def _run_onnx(path: Path, names: list[str], inputs: tuple[Tensor, ...]) -> Tenso
 
 def main(argv: list[str] | None = None, prog: str = "facepriv export") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_frontend_arguments(parser)
+    add_frontend_arguments(parser, releases=True)
     parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     parser.add_argument("--size", type=int, default=112, help="face size in pixels (default 112)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
@@ -156,6 +186,6 @@ def main(argv: list[str] | None = None, prog: str = "facepriv export") -> int:
     frontend, secret_is_new = frontend_from_args(args)
     if secret_is_new:
         print("warning: a new secret was generated; no trained model matches this export. Use --checkpoint or a saved config.")
-    info = export_frontend(frontend, args.out, args.format, args.size)
+    info = export_frontend(frontend, args.out, args.format, args.size, allow_fixed_inference_seed=args.allow_fixed_inference_seed)
     print(json.dumps(info, indent=2))
     return 0

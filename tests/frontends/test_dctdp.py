@@ -27,9 +27,10 @@ def test_epsilons_sum_to_total_for_any_logits() -> None:
 
 def test_drops_dc_and_layout() -> None:
     assert len(AC_INDEX) == 189 and 0 not in AC_INDEX and 64 not in AC_INDEX and 128 not in AC_INDEX
-    dp = DCTDP(input_size=16, epsilon_total=1e30).eval()  # practically noiseless
+    dp = DCTDP(input_size=16, epsilon_total=1e30).eval()  # practically noiseless (grid step ~ bound / 2^24)
     x = faces(2)
-    assert torch.allclose(dp(x), block_dct(x)[:, AC_INDEX], atol=1e-2)
+    with torch.no_grad():
+        assert torch.allclose(dp(x), block_dct(x)[:, AC_INDEX], atol=0.05)
 
 
 def test_analytic_bounds_hold_for_extreme_images() -> None:
@@ -42,16 +43,17 @@ def test_analytic_bounds_hold_for_extreme_images() -> None:
 
 
 def test_noise_is_zero_mean_laplace_with_the_right_scale() -> None:
-    dp = DCTDP(input_size=16, epsilon_mean=2.0, allocation="channel", train_seed=1234).train()
+    dp = DCTDP(input_size=16, epsilon_mean=2.0, allocation="channel", clip="analytic", train_seed=1234).train()
     x = faces(1).expand(40, 3, 16, 16).contiguous()  # identical images: output - signal = noise
     clean = block_dct(x)[:, AC_INDEX]
     with torch.no_grad():
         noise = (dp(x) - clean).double()
         scale = dp.noise_scales().double()
-    z = (noise / scale).flatten().numpy()  # should be standard Laplace
+    z = (noise / scale).flatten().numpy()  # Laplace(0, 1) up to the grid (~1/46 of a scale) and 0.4 % more spread
     assert abs(z.mean()) < 4 * np.sqrt(2 / z.size)  # mean 0, sd sqrt(2)/sqrt(n)
-    assert z.var() == pytest.approx(2.0, rel=0.02)
-    assert scipy.stats.kstest(z[:200_000], "laplace").pvalue > 1e-3
+    assert z.var() == pytest.approx(2.0, rel=0.03)
+    jitter = np.random.default_rng(0).uniform(-0.5, 0.5, 200_000) * float(dp.release_parameters()["grid"].max() / scale.min())
+    assert scipy.stats.kstest(z[:200_000] / 1.004 + jitter, "laplace").pvalue > 1e-3
     expected = 2 * analytic_ac_bounds().double() / 2.0  # uniform allocation: eps_i = 2.0
     assert torch.allclose(scale.flatten(), expected, rtol=1e-5)
 
@@ -101,19 +103,23 @@ def test_inference_noise_is_fresh_and_seedable() -> None:
     assert torch.equal(a(x), b(x))
 
 
-def test_external_uniforms_reproduce_noise() -> None:
+def test_external_noise_grid_reproduces_the_release() -> None:
     dp = DCTDP(input_size=16).eval()
     x = faces(2)
-    u = torch.rand(2, 189, 16, 16)
-    assert torch.equal(dp(x, noise_uniform=u), dp(x, noise_uniform=u))
-    with pytest.raises(ValueError, match="noise_uniform"):
-        dp(x, noise_uniform=torch.rand(1, 189, 16, 16))
+    z = torch.randint(-100, 101, (2, 189, 16, 16)).float()
+    with torch.no_grad():
+        assert torch.equal(dp(x, noise_grid=z), dp(x, noise_grid=z))
+        with pytest.raises(ValueError, match="noise_grid"):
+            dp(x, noise_grid=torch.zeros(1, 189, 16, 16))
+        with pytest.raises(ValueError, match="integer"):
+            dp(x, noise_grid=z + 0.5)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"allocation": "pixel"}, "allocation"), ({"clip": "none"}, "clip"), ({"epsilon_mean": 0.0}, "epsilon_mean"),
-     ({"epsilon_total": float("inf")}, "epsilon_total"), ({"input_size": 100}, "multiple")],
+     ({"epsilon_total": float("inf")}, "epsilon_total"), ({"input_size": 100}, "multiple"),
+     ({"upsample": 3}, "upsample"), ({"clip_quantile": 0.0}, "clip_quantile")],
 )
 def test_bad_configuration(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -134,3 +140,8 @@ def test_generator_on_keeps_same_device_generator_and_seeds_fresh_ones():
         x = torch.rand(4, generator=generator_on(g, "cuda"), device="cuda")
         g.set_state(s)
         assert torch.equal(x, torch.rand(4, generator=generator_on(g, "cuda"), device="cuda"))
+
+
+def test_wrong_image_size_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="input_size=16"):
+        DCTDP(input_size=16).eval()(faces(1, size=24))

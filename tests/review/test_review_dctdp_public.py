@@ -74,5 +74,5 @@ def test_no_warning_without_a_seed_or_with_explicit_noise(fresh_warning, caplog)
     with caplog.at_level(logging.WARNING, logger="facepriv.frontends.base"), torch.no_grad():
         DCTDP(input_size=16).eval()(x)
         seeded = DCTDP(input_size=16, inference_seed=SEED).eval()
-        seeded(x, noise_uniform=torch.full((2, 189, 16, 16), 0.5))  # caller-supplied noise: seed unused
+        seeded(x, noise_grid=torch.zeros(2, 189, 16, 16))  # caller-supplied noise: seed unused
     assert not caplog.records
