@@ -12,7 +12,9 @@ from facepriv.frontends.base import Frontend
 from facepriv.frontends.registry import FRONTENDS, build_frontend
 
 
-def add_frontend_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_frontend_arguments(parser: argparse.ArgumentParser, *, required: bool = True, releases: bool = False) -> None:
+    """``releases``: the command sends the frontend's output (or a copy of the frontend) off the
+    device, so a fixed ``inference_seed`` is refused unless one of the two flags below is given."""
     group = parser.add_argument_group("frontend (pick one source)")
     group.add_argument("--frontend", metavar="NAME|YAML",
                        help=f"a frontend name ({', '.join(FRONTENDS)}) or a YAML config file (with the model owner's secret)")
@@ -20,7 +22,15 @@ def add_frontend_arguments(parser: argparse.ArgumentParser, *, required: bool = 
                        help="take the frontend (config, secret and learned parameters) from a facepriv model checkpoint")
     group.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="override a frontend option, e.g. --option epsilon_mean=0.5 (repeatable; values parsed as YAML)")
-    parser.set_defaults(_frontend_required=required)
+    if releases:
+        seed = parser.add_argument_group("fixed inference seed (refused by default)")
+        choice = seed.add_mutually_exclusive_group()
+        choice.add_argument("--drop-inference-seed", action="store_true",
+                            help="ignore a fixed inference_seed in the config or checkpoint and draw fresh OS randomness")
+        choice.add_argument("--allow-fixed-inference-seed", action="store_true",
+                            help="keep a fixed inference_seed: outputs become reproducible by anyone who knows it "
+                                 "(reproducible tests only, never deployment)")
+    parser.set_defaults(_frontend_required=required, _frontend_releases=releases)
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -33,8 +43,49 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def fixed_inference_seed_error(frontend: Frontend, action: str, source: str = "its config") -> str | None:
+    """Why ``action`` must not run with this frontend, or None. A fixed ``inference_seed`` makes the
+    deployment randomness (DCTDP's noise, PartialFace's subset choice) reproducible by anyone who
+    learns the seed, which undoes the protection of everything released with it."""
+    seed = getattr(frontend, "inference_seed", None)
+    if seed is None:
+        return None
+    return (f"refusing to {action}: the {frontend.name} frontend from {source} has a fixed inference_seed, so its "
+            "deployment randomness is reproducible by anyone who knows the seed (it was meant for reproducible "
+            "evaluation). Pass --drop-inference-seed to draw fresh OS randomness instead, or "
+            "--allow-fixed-inference-seed for a reproducible test (never for deployment).")
+
+
+def drop_inference_seed(frontend: Frontend) -> Frontend:
+    """The same frontend (learned state included) with OS-entropy inference randomness."""
+    if getattr(frontend, "inference_seed", None) is None:
+        return frontend
+    state = frontend.state_dict()
+    clean = build_frontend({**frontend.config, "inference_seed": None})
+    clean.load_state_dict(state)
+    clean.train(frontend.training)
+    return clean
+
+
 def frontend_from_args(args: argparse.Namespace) -> tuple[Frontend, bool]:
-    """Returns (frontend, secret_is_new). ``secret_is_new`` warns that no model can use the output yet."""
+    """Returns (frontend, secret_is_new). ``secret_is_new`` warns that no model can use the output yet.
+
+    For commands that release (``add_frontend_arguments(releases=True)``) a fixed
+    ``inference_seed`` is refused with a clear message unless a flag says what to do with it.
+    """
+    frontend, secret_is_new = _frontend_from_args(args)
+    if getattr(args, "_frontend_releases", False):
+        if getattr(args, "drop_inference_seed", False):
+            frontend = drop_inference_seed(frontend)
+        elif not getattr(args, "allow_fixed_inference_seed", False):
+            source = f"checkpoint {args.checkpoint}" if args.checkpoint else f"--frontend {args.frontend}"
+            error = fixed_inference_seed_error(frontend, "release its outputs", source)
+            if error:
+                raise SystemExit(f"error: {error}")
+    return frontend, secret_is_new
+
+
+def _frontend_from_args(args: argparse.Namespace) -> tuple[Frontend, bool]:
     if args.checkpoint and args.frontend:
         raise SystemExit("give either --frontend or --checkpoint, not both")
     if args.checkpoint:
