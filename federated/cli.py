@@ -2,6 +2,7 @@
 
     facepriv fed simulate --clients 4 --rounds 3 --strategy pfm --out runs/fed
     facepriv fed certs --out certs/            # test CA + SuperLink certificate + node keys
+    facepriv fed superlink -- --database state.db ...   # flower-superlink, robust SQLite lock wait
     facepriv fed settings --out runs/fed ...   # write settings.json for a deployed run
 """
 
@@ -148,6 +149,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     sim.add_argument("--cpus-per-client", type=float, default=0.5, help="CPU share of one virtual site (fractional)")
     st = sub.add_parser("settings", help="write settings.json for a deployed run (flwr run --run-config settings-file=...)")
     _add_run_args(st)
+    link = sub.add_parser("superlink", help="run flower-superlink with a SQLite lock wait that survives a loaded "
+                                            "machine (arguments after -- go to flower-superlink)",
+                          description="flower-superlink, but a request waits up to --sqlite-busy-timeout seconds for "
+                                      "the state database's write lock instead of Flower's 5 s (docs/federated.md).")
+    link.add_argument("--sqlite-busy-timeout", type=float, default=None, metavar="SECONDS",
+                      help="seconds a request waits for the SQLite write lock (default: 300)")
+    link.add_argument("superlink_args", nargs=argparse.REMAINDER, help="flower-superlink arguments, after --")
     certs = sub.add_parser("certs", help="make TEST certificates: CA, SuperLink TLS cert, SuperNode auth keys")
     certs.add_argument("--out", type=Path, required=True)
     certs.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to create")
@@ -157,6 +165,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "facepriv fed") -> int:
     args = build_parser(prog).parse_args(argv)
+    if args.command == "superlink":
+        from .deploy import BUSY_TIMEOUT_S, run_superlink
+
+        rest = list(args.superlink_args)
+        run_superlink(rest[1:] if rest[:1] == ["--"] else rest,
+                      busy_timeout_s=args.sqlite_busy_timeout if args.sqlite_busy_timeout is not None else BUSY_TIMEOUT_S)
+        return 0
     if args.command == "certs":
         from .deploy import make_test_certificates
 

@@ -1,9 +1,20 @@
-"""Deployment helpers: TEST certificates and the command lines of a SuperLink/SuperNode setup.
+"""Deployment helpers: TEST certificates and a SuperLink that keeps working under load.
 
 ``make_test_certificates`` writes a self-signed CA, a SuperLink server certificate signed by
 it (SANs: localhost, 127.0.0.1 and any ``hosts``) and one EC P-384 key pair per SuperNode
 (the keys Flower's SuperNode authentication uses). For production, use your institution's
 CA and keep private keys on the machines they identify; see docs/federated.md.
+
+``run_superlink`` is ``flower-superlink`` with a longer SQLite busy timeout. Why: with
+``--database FILE`` every Fleet / Runtime / Control request of the SuperLink is a SQLite
+transaction on one file, and Flower 1.41 waits at most 5 s (``PRAGMA busy_timeout = 5000``,
+hard-coded in ``flwr.supercore.sql_mixin``) for another request's write lock before failing
+with ``database is locked``. Storing one message preregisters every array of the model as an
+object inside one write transaction, so a transaction lasts a time proportional to the model's
+array count divided by the CPU the SuperLink gets; on a loaded machine they held the lock
+for more than 5 s, a heartbeat or a ServerApp push failed, and the run died
+(``tests/federated/test_fed_superlink.py`` reproduces the failure with a 6 s lock holder). A
+lock wait is not an error condition, so the wait is made long instead (``BUSY_TIMEOUT_S``).
 """
 
 from __future__ import annotations
@@ -11,11 +22,40 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import sys
 from pathlib import Path
 
 #: Environment for SuperLink/SuperNode/flwr: never ``uv sync`` app dependencies at run time
 #: (it would resolve and download a CUDA torch); sites install facepriv themselves.
 DEPLOY_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+#: seconds a SuperLink request waits for SQLite's write lock (Flower's own default: 5).
+BUSY_TIMEOUT_S = 300.0
+
+
+def set_sqlite_busy_timeout(seconds: float) -> None:
+    """Make every SQLite connection Flower opens from now on in this process wait up to
+    ``seconds`` for a lock (see module docstring). Raises ``RuntimeError`` when the installed
+    flwr has no ``busy_timeout`` pragma where 1.41 keeps it, instead of silently doing nothing."""
+    import flwr.supercore.sql_mixin as sql_mixin
+
+    pragmas = getattr(sql_mixin, "SQLITE_PRAGMAS", None)
+    if not pragmas or not any(name == "busy_timeout" for name, _ in pragmas):
+        raise RuntimeError("flwr.supercore.sql_mixin.SQLITE_PRAGMAS has no busy_timeout entry in this flwr version; "
+                           "run flower-superlink directly (its SQLite lock wait stays at Flower's default)")
+    if not seconds > 0:
+        raise ValueError(f"busy timeout must be > 0 seconds, got {seconds}")
+    sql_mixin.SQLITE_PRAGMAS = tuple((name, str(int(seconds * 1000)) if name == "busy_timeout" else value)
+                                     for name, value in pragmas)
+
+
+def run_superlink(argv: list[str], *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    """``flower-superlink ARGV`` in this process, its SQLite lock wait ``busy_timeout_s``."""
+    set_sqlite_busy_timeout(busy_timeout_s)
+    from flwr.superlink.cli.flower_superlink import flower_superlink
+
+    sys.argv = ["flower-superlink", *argv]
+    flower_superlink()
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
