@@ -41,7 +41,14 @@ from torch import Tensor, nn
 
 from facepriv.frontends.base import Frontend, validate_images
 from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS, block_dct, dct_matrix
-from facepriv.frontends.laplace import LEVEL, MAX_HALF_RANGE, add_discrete_laplace_, release_grid_cpu, tables
+from facepriv.frontends.laplace import (
+    LEVEL,
+    MAX_HALF_RANGE,
+    add_discrete_laplace_,
+    discrete_laplace_from_uniform,
+    release_grid_cpu,
+    tables,
+)
 from facepriv.frontends.randomness import make_generator, word_source
 from facepriv.frontends.sensitivity import exact_ac_bounds
 
@@ -262,14 +269,21 @@ class DCTDP(Frontend):
         return bounds
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: Tensor, labels: Tensor | None = None, *, noise_grid: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor | None = None, *, noise_grid: Tensor | None = None,
+                noise_uniform: Tensor | None = None) -> Tensor:
         """Release every AC coefficient through the exact grid mechanism, fresh noise per sample.
 
         ``noise_grid``: optional integer-valued DLap(2^(-1/LEVEL)) draws of the output's shape
-        (the randomness of a device export, from the platform CSPRNG); otherwise the training
-        generator's keystream (train mode) or a keystream keyed by the OS CSPRNG per call /
-        the inference seed (eval mode).
+        (the randomness of a device export, from the platform CSPRNG); ``noise_uniform``: optional
+        uniforms in (0, 1) of that shape, turned into such draws by the inverse CDF (reproducible
+        simulations; exact only to the uniforms' resolution). Otherwise the training generator's
+        keystream (train mode) or a keystream keyed by the OS CSPRNG per call / the inference
+        seed (eval mode).
         """
+        if noise_uniform is not None:
+            if noise_grid is not None:
+                raise ValueError("give noise_grid or noise_uniform, not both")
+            noise_grid = discrete_laplace_from_uniform(noise_uniform).float()
         validate_images(images)
         b, h, w = images.shape[0], *self.output_size(*images.shape[-2:])
         if (h, w) != (self.spatial, self.spatial):

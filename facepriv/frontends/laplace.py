@@ -174,6 +174,22 @@ def discrete_laplace(words: WordSource, n: int, device: torch.device | str = "cp
     return values
 
 
+def discrete_laplace_from_uniform(u: Tensor) -> Tensor:
+    """DLap(q) draws by the inverse CDF of uniforms ``u`` in (0, 1), float64 integers of ``u``'s shape.
+
+    For callers that bring their own uniforms (reproducible attack simulation, older device apps):
+    the distribution is exact only up to the resolution of ``u`` (a float32 uniform has 24 bits,
+    so the far tail is cut where ``u`` runs out); the released path uses :func:`add_discrete_laplace_`.
+    CDF: ``F(z) = q^-z / (1 + q)`` for z < 0 and ``1 - q^(z+1) / (1 + q)`` for z >= 0.
+    """
+    u = u.double()
+    q = 2.0 ** (-1.0 / LEVEL)
+    negative = u < q / (1 + q)
+    pos = torch.clamp(torch.ceil(torch.log((1 - u) * (1 + q)) / LN_Q - 1e-12) - 1, min=0)
+    neg = torch.clamp(torch.ceil(-torch.log(u * (1 + q)) / LN_Q - 1e-12), max=-1)
+    return torch.where(negative, neg, pos)
+
+
 def add_discrete_laplace_(k: Tensor, cells: Tensor, words: WordSource) -> Tensor:
     """In place ``k += Z`` for float32 integer-valued ``k`` (|k| <= MAX_HALF_RANGE), Z ~ DLap(q) i.i.d.
 

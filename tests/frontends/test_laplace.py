@@ -15,6 +15,7 @@ from facepriv.frontends.laplace import (
     LEVEL,
     add_discrete_laplace_,
     discrete_laplace,
+    discrete_laplace_from_uniform,
     release_grid_cpu,
     tables,
 )
@@ -193,3 +194,20 @@ def test_gpu_path_is_reproducible_from_the_cpu_generator() -> None:
     grid = cpu.release_parameters()["grid"].float()
     k = ya.cpu().double() / grid.double()
     assert torch.allclose(k, torch.round(k), atol=1e-3)
+
+
+def test_inverse_cdf_of_supplied_uniforms_matches_the_pmf() -> None:
+    """Callers that bring uniforms (attack simulation) get the same distribution, reproducibly."""
+    u = torch.rand(1_000_000, generator=torch.Generator().manual_seed(2), dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    z = discrete_laplace_from_uniform(u).numpy()
+    assert np.all(z == np.round(z))
+    variance = 2 * Q / (1 - Q) ** 2
+    assert z.var() == pytest.approx(variance, rel=0.01) and abs(z.mean()) < 5 * math.sqrt(variance / z.size)
+    for value in (0, 1, -1, 40):
+        assert (z == value).mean() == pytest.approx(ideal_pmf(np.array(value)), rel=0.05)
+    dp = DCTDP(input_size=16).eval()
+    x = torch.rand(2, 3, 16, 16)
+    uniforms = torch.rand(2, 189, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(dp(x, noise_uniform=uniforms), dp(x, noise_uniform=uniforms))
+        assert torch.equal(dp(x, noise_uniform=uniforms), dp(x, noise_grid=discrete_laplace_from_uniform(uniforms).float()))
