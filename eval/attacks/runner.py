@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -126,11 +126,14 @@ def run_attacks(
     judge_cache: JudgeCache | None = None,
     config: AttackConfig | None = None,
     out: str | Path | None = None,
+    on_samples: Callable[[Tensor, dict[str, Tensor]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the configured attacks against ``frontend``; returns results (and writes grids/checkpoints to ``out``).
 
     ``judge``: an ``facepriv.judges.Judge`` (or pass a shared ``judge_cache``); ``None`` skips the
     identity metrics. ``out``: folder for decoder checkpoints and PNG grids (``None``: no files).
+    ``on_samples(originals, columns)``: called with the grid's victims and their images per
+    column (``naive`` and each attack), for callers that compose their own figures.
     """
     cfg = config or AttackConfig()
     _check_sizes(frontend, victims, aux)
@@ -266,6 +269,8 @@ def run_attacks(
 
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     result["config"] = cfg.to_dict()
+    if on_samples is not None and grid_n:
+        on_samples(originals[:grid_n], dict(samples))
     if out_dir is not None and grid_n:
         from facepriv.eval.attacks.report import save_grid
 
