@@ -323,6 +323,10 @@ def check_settings(settings: FedSettings) -> None:
         raise ValueError("frontend.clip: calibrated with dp.enabled is refused in federated training: each site "
                          "would fit the clipping bounds to its own images, a statistic of every training image "
                          "that the DP-SGD accounting does not cover. Use clip: analytic.")
+    if settings.client_dp_noise is not None and settings.aggregator in ("median", "trimmed-mean"):
+        raise ValueError(f"client-level DP with aggregator {settings.aggregator!r} is refused: Flower's DP wrapper "
+                         "calibrates its noise to the mean of clipped updates, and one site moves a median or "
+                         "trimmed mean by more than that. Use mean or norm-clip.")
     if settings.local_steps < 1:
         raise ValueError(f"local_steps must be >= 1, got {settings.local_steps}")
 

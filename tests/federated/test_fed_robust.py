@@ -209,6 +209,19 @@ def test_aggregator_identity_and_validation():
         RobustFedAvg(aggregator="median", fv_candidates=3)
 
 
+def test_client_level_dp_needs_a_mean(tmp_path, tiny_cfg):
+    """Flower's client-level DP noise is calibrated to a mean of clipped updates."""
+    from facepriv.federated.server_app import FedSettings, build_global_model, make_strategy
+
+    settings = FedSettings(train_config=tiny_cfg(), out=str(tmp_path), client_dp_noise=1.0, aggregator="median")
+    model, _ = build_global_model(settings)
+    with pytest.raises(ValueError, match="client-level DP"):
+        make_strategy(settings, model)
+    settings.aggregator = "norm-clip"
+    settings.clip_norm = 1.0
+    make_strategy(settings, model)
+
+
 def test_aggregator_is_exposed_in_cli_and_app_config(tmp_path):
     """``facepriv fed simulate/settings --aggregator`` and the deployed app's run config."""
     import tomllib
