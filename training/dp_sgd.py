@@ -246,6 +246,17 @@ class DPSGD:
         logits = self.module(protected)
         return self.margin_loss(logits, labels)
 
+    def noise_only_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The DP-SGD step for an empty Poisson batch: no gradient, but noise is added and the
+        accountant counts the step, exactly as the analysis assumes. Skipping the step instead
+        would reveal that the batch was empty, which depends on who is in the dataset."""
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def epsilon(self) -> float:
         eps = float(self.engine.get_epsilon(self.delta))
         return eps if math.isfinite(eps) else float("inf")

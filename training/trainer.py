@@ -349,9 +349,11 @@ class Trainer:
         n = int(b.labels.numel())
         usable = n > 0 if self.dp is not None else all_true(n > 0, self.device)
         if not usable:  # every sample failed to load (or an empty Poisson batch): nothing to learn from
+            if self.dp is not None:
+                self.dp.noise_only_step(self.optimizer)  # DP-SGD still releases (and accounts) a noisy step
             self.scheduler.step()
             self.step += 1
-            return StepResult(loss=torch.zeros((), device=self.device), samples=0, skipped=True)
+            return StepResult(loss=torch.zeros((), device=self.device), samples=0, skipped=self.dp is None)
 
         images = images_to_float(b.images.to(self.device, non_blocking=True))
         labels = b.labels.to(self.device, non_blocking=True)

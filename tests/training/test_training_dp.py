@@ -161,3 +161,15 @@ def test_delta_defaults_below_one_over_n_and_warns_when_not(tiny_config, caplog)
     with caplog.at_level("WARNING", logger="facepriv.training.dp_sgd"):
         Trainer(_dp_cfg(tiny_config, dp={"enabled": True, "epsilon": 4.0, "delta": 0.05}))
     assert "not below 1/N" in caplog.text
+
+
+def test_an_empty_poisson_batch_still_takes_a_noisy_accounted_step(tiny_config) -> None:
+    """Skipping would reveal the batch was empty (membership-dependent) and undercount epsilon."""
+    trainer = Trainer(_dp_cfg(tiny_config, optim={"lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "name": "sgd"}))
+    before = _weights(trainer)
+    empty = (torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+    result = trainer.train_step(empty)
+    assert result.samples == 0 and not result.skipped and trainer.step == 1
+    after = _weights(trainer)
+    assert [k for k in before if k.startswith("model.backbone") and not torch.equal(before[k], after[k])]
+    assert trainer.epsilon() > 0  # the accountant counted the step
