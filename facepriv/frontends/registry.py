@@ -11,9 +11,10 @@ import yaml
 from facepriv.frontends.base import Frontend
 from facepriv.frontends.baselines import DCTFrontend, RGBFrontend
 from facepriv.frontends.dp import DCTDP
+from facepriv.frontends.minusface import MinusFace
 from facepriv.frontends.partial import PartialFace
 
-FRONTENDS: dict[str, type[Frontend]] = {cls.name: cls for cls in (RGBFrontend, DCTFrontend, PartialFace, DCTDP)}
+FRONTENDS: dict[str, type[Frontend]] = {cls.name: cls for cls in (RGBFrontend, DCTFrontend, PartialFace, DCTDP, MinusFace)}
 
 
 def build_frontend(config: Mapping[str, Any] | str | Path) -> Frontend:
