@@ -34,8 +34,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from facepriv.frontends import block_dct_select
-
 from facepriv.eval.attacks.views import AttackerView, AuxStats, Placed
 
 __all__ = ["DataTerm", "INITS", "OptimConfig", "best_start", "optimise_inversion", "total_variation"]
@@ -121,7 +119,7 @@ class DataTerm:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.channels is not None:
-            pred = block_dct_select(x, self.channels, self.view.upsample, validate=False)
+            pred = self.view.forward_selected(x, self.channels)
         else:
             pred = self.view.forward_model(x)
         err = (pred - self.obs) * self.w

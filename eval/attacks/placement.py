@@ -25,7 +25,7 @@ record when we protect them).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,8 +76,11 @@ def position_features(planes: Tensor) -> Tensor:
 class FrequencyProfile:
     """Per-frequency Gaussian model of ``position_features`` over auxiliary faces."""
 
-    def __init__(self, kept: Sequence[int], upsample: int = 8) -> None:
+    def __init__(self, kept: Sequence[int], upsample: int = 8, coefficients: Callable[[Tensor], Tensor] | None = None) -> None:
+        """``coefficients``: images -> the 192-channel values the channels are taken from
+        (default ``block_dct``; MinusFace's view passes its residue)."""
         self.kept = [int(k) for k in kept]
+        self.coefficients = coefficients
         if not self.kept or any(not 0 <= k < COEFFS_PER_BLOCK for k in self.kept):
             raise ValueError(f"kept frequencies must be in [0, 63], got {self.kept}")
         self.upsample = int(upsample)
@@ -93,7 +96,7 @@ class FrequencyProfile:
         s1 = s2 = None
         n = 0
         for images in batches:
-            full = block_dct(images.float(), self.upsample)
+            full = block_dct(images.float(), self.upsample) if self.coefficients is None else self.coefficients(images.float())
             b, _, h, w = full.shape
             planes = full.view(b, N_COLORS, COEFFS_PER_BLOCK, h, w)[:, :, kept]  # (B, 3, K, h, w)
             planes = planes.permute(0, 2, 1, 3, 4).reshape(b * len(self.kept), N_COLORS, h, w)

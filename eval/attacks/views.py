@@ -213,6 +213,12 @@ class AttackerView:
         """Differentiable prediction of ``Placed.values`` for candidate images."""
         return block_dct(images, self.upsample, validate=False)
 
+    def forward_selected(self, images: Tensor, channels: Tensor) -> Tensor:
+        """``forward_model`` at per-sample channels ``(B, J)`` only (the optimisation attack's fast path)."""
+        from facepriv.frontends import block_dct_select
+
+        return block_dct_select(images, channels, self.upsample, validate=False)
+
     def describe(self) -> dict[str, Any]:
         return {"frontend": self.name, "knowledge": self.knowledge, "domain": self.domain,
                 "reads": "the protected tensor directly (no secret)"}
