@@ -79,8 +79,8 @@ def adapt_config_for_dp(cfg: TrainConfig, *, quiet: bool = False) -> TrainConfig
     if cfg.optim.amp not in ("none", "auto") and not quiet:
         log.warning("dp.enabled: mixed precision is disabled under DP-SGD (per-sample gradients in fp32)")
     cfg.optim.amp = "none"
-    if cfg.frontend.get("name") == "partialface" and int(cfg.frontend.get("sample_multiplier", 3)) != 1:
-        raise ConfigError("dp.enabled with PartialFace needs frontend.sample_multiplier: 1 "
+    if cfg.frontend.get("name") in ("partialface", "minusface") and int(cfg.frontend.get("sample_multiplier", 3)) != 1:
+        raise ConfigError(f"dp.enabled with {cfg.frontend['name']} needs frontend.sample_multiplier: 1 "
                           "(several views of one image would share one privacy unit)")
     return cfg
 

@@ -313,6 +313,9 @@ def test_export_parity_with_the_frontend(tmp_path: Path, fmt: str) -> None:
 # ---------------------------------------------------------------------------------- training
 
 
+TINY_FRONTEND = {"name": "minusface", "secret_seed": 3, "train_seed": 1, "sample_multiplier": 2, "generator_width": 4}
+
+
 def _tiny_cfg(**kw):
     """32 px synthetic faces, a 1/16-width IResNet-18 (GroupNorm): a few steps take seconds."""
     from facepriv.training.config import config_from_dict
@@ -321,7 +324,7 @@ def _tiny_cfg(**kw):
         "name": "tiny-minusface", "seed": 7, "device": "cpu",
         "data": {"format": "synthetic", "synthetic": {"n_identities": 8, "images_per_identity": 8, "cache": True},
                  "image_size": SIZE, "batch_size": 8, "num_workers": 0},
-        "frontend": {"name": "minusface", "secret_seed": 3, "train_seed": 1, "sample_multiplier": 2, "generator_width": 4},
+        "frontend": dict(TINY_FRONTEND),
         "model": {"name": "iresnet18", "width": 0.0625, "embedding_size": 16, "norm": "group", "norm_groups": 2},
         "input_norm": {"calibration_batches": 1},
         "head": {"type": "softmax", "margin": "arcface", "s": 16.0, "m": 0.2},
@@ -353,3 +356,14 @@ def test_trainer_trains_the_generator_jointly(tmp_path: Path) -> None:
     saved = FaceRecognizer.load(next(tmp_path.rglob("model.pt")))
     assert saved.frontend.name == "minusface" and saved.frontend.config["secret_seed"] == 3
     assert torch.equal(saved.frontend.generator.head_weight, after["head_weight"].cpu())
+
+
+def test_dp_sgd_refuses_several_views_of_one_image() -> None:
+    """r views of one face would be r DP-SGD samples of one privacy unit: only r = 1 is accounted right."""
+    from facepriv.training.config import ConfigError
+    from facepriv.training.dp_sgd import adapt_config_for_dp
+
+    with pytest.raises(ConfigError, match="minusface needs frontend.sample_multiplier: 1"):
+        _tiny_cfg(dp={"enabled": True})  # checked when the config is loaded
+    single = _tiny_cfg(dp={"enabled": True}, frontend={**TINY_FRONTEND, "sample_multiplier": 1})
+    assert adapt_config_for_dp(single).frontend["sample_multiplier"] == 1
