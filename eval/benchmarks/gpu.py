@@ -234,8 +234,12 @@ def check_dctdp_noise(device: Any, sz: dict[str, Any]) -> dict[str, Any]:
     scales = scales.reshape(1, *d.shape[1:]) if scales.numel() == d[0].numel() else scales.reshape(1, -1, 1, 1)
     ratio = d.pow(2) / (2.0 * 2.0 * scales.pow(2))  # var(L1 - L2) = 2 * 2 b^2 per element
     per_channel = ratio.mean(dim=(0, 2, 3))
-    mean_z = d.mean() / d.std().clamp_min(1e-30) * math.sqrt(d.numel())
-    flat = d.flatten(1)
+    # every element on its own noise scale: per-element budgets and sensitivities differ by
+    # orders of magnitude, and a few large-scale elements would otherwise dominate both the
+    # mean and the correlation (whose 1/sqrt(n) spread assumes comparable elements)
+    z = d / (2.0 * scales)
+    mean_z = z.mean() / z.std().clamp_min(1e-30) * math.sqrt(z.numel())
+    flat = z.flatten(1)
     flat = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-30)
     corr = (flat @ flat.T) / flat.shape[1]
     off = corr[~torch.eye(corr.shape[0], dtype=torch.bool, device=corr.device)].abs()
