@@ -71,3 +71,32 @@ def test_optimisation_data_term_is_zero_at_the_true_face(aux_u8, victims_f):
     assert float(at_truth.max()) < 1e-6 and float(elsewhere.min()) > 1e-3
     with torch.no_grad():
         assert torch.allclose(view.forward_selected(victims, truth["channels"]), prot, atol=1e-3)
+
+
+def test_attack_cli_runs_every_attack_on_a_minusface_checkpoint(tmp_path, face_folders):
+    """`facepriv attack --checkpoint` on a MinusFace model: the trained generator comes from the
+    checkpoint, every attack runs at both knowledge levels, and the secret stays out of the report."""
+    import json
+
+    from facepriv.models import FaceRecognizer
+
+    from facepriv.eval.attacks.cli import main
+
+    model = FaceRecognizer.from_config({
+        "frontend": _minusface(secret_seed=987654321).config,
+        "backbone": {"name": "iresnet", "layers": [1, 1, 1, 1], "width": 0.125, "embedding_size": 16, "input_size": 32},
+        "image_size": 32,
+    })
+    model.frontend.load_state_dict(_minusface(secret_seed=987654321).state_dict())
+    ckpt = model.save(tmp_path / "minusface.pt")
+    tiny = ["--image-size", "32", "--steps", "4", "--batch-size", "4", "--width", "4", "--depth", "1", "--opt-steps", "3",
+            "--lstsq-iterations", "5", "--max-victims", "4", "--max-aux", "24", "--grid-victims", "2", "--no-progress"]
+    rc = main(["--checkpoint", str(ckpt), "--aux", str(face_folders / "aux"), "--victims", str(face_folders / "victims"),
+               "--judge", "none", "--out", str(tmp_path / "run"), *tiny])
+    assert rc == 0
+    text = (tmp_path / "run" / "attack.json").read_text()
+    run = json.loads(text)["runs"][0]
+    assert run["frontend"]["name"] == "minusface" and run["knowledge_levels"] == ["public", "secret"]
+    rows = {(r["attack"], r["knowledge"]) for r in run["results"]}
+    assert {("analytic/lstsq", "public"), ("learned", "secret"), ("optimisation", "public")} <= rows
+    assert run["frontend"]["public_config"]["secret_seed"] == "<secret>" and "987654321" not in text
