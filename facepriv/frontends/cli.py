@@ -10,15 +10,22 @@ from facepriv.frontends.registry import FRONTENDS, build_frontend
 
 
 def main(argv: list[str] | None = None, prog: str = "facepriv frontends") -> int:
+    if argv and argv[0] == "noise":  # its own options; see facepriv.frontends.noise_table
+        from facepriv.frontends.noise_table import main as noise_main
+
+        return noise_main(argv[1:], prog=f"{prog} noise")
     parser = argparse.ArgumentParser(
         prog=prog,
         description="List the privacy frontends, or show one frontend's full config and privacy report.",
         epilog="examples:\n  facepriv frontends\n  facepriv frontends show --frontend dctdp --option epsilon_mean=0.5\n"
+               "  facepriv frontends noise --epsilon-mean 4\n"
                "  facepriv frontends show --checkpoint runs/demo/partialface/model.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action")
     show = sub.add_parser("show", help="print a frontend's config and privacy report as JSON")
+    sub.add_parser("noise", help="DCTDP noise for equal epsilon: analytic vs calibrated vs exact bounds (Markdown)",
+                   add_help=False)
     add_frontend_arguments(show)
     show.add_argument("--reveal-secrets", action="store_true", help="include secret config values (only on the model owner's machine)")
     args = parser.parse_args(argv)

@@ -301,30 +301,51 @@ class DCTDP(Frontend):
             if not self.training:
                 self._warn_if_fixed_inference_seed()
             words = word_source(self._train_generator if self.training else self._inference_generator, images.device)
+        # Training: the loss reaches the allocation as if y = clip(f) + b * xi, with xi the realised
+        # standardised noise, computed per image while its coefficients are still in cache.
+        learn = torch.is_grad_enabled() and self.budget_logits.requires_grad and not images.requires_grad
+        if learn:
+            xi = torch.empty_like(out)
+            scales = self.noise_scales()
+            with torch.no_grad():
+                inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
+                bound = self.element_bounds().float().expand(AC_CHANNELS, h, w).reshape_as(inv_scale)
         with torch.no_grad():
             scratch = torch.empty(1, N_COLORS * COEFFS_PER_BLOCK, h, w, dtype=images.dtype, device=images.device)
             for i in range(b):  # one image at a time, into one reused buffer: it stays in cache
                 block_dct(images[i : i + 1], self.upsample, validate=False, out=scratch)
                 ac = scratch.view(N_COLORS, COEFFS_PER_BLOCK, h, w)[:, 1:]
                 k = out[i].view(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
-                if words is not None and images.device.type == "cpu" and images.dtype == torch.float32:
-                    rows = (N_COLORS, -1)  # per colour the 63 AC planes are contiguous in the DCT buffer
-                    release_grid_cpu(ac.reshape(rows).numpy(), params["inv_grid"].reshape(rows).numpy(),
-                                     params["half_range"].reshape(rows).numpy(), params["grid"].reshape(rows).numpy(),
-                                     k.reshape(rows).numpy(), words)
-                    continue
-                torch.mul(ac, params["inv_grid"], out=k)
-                k.round_()
-                torch.clamp(k, min=params["neg_half_range"], max=params["half_range"], out=k)
-                if words is None:
-                    k.add_(noise_grid[i].view_as(k).to(k.dtype))
-                else:
-                    add_discrete_laplace_(k, words.cells(k.numel()).view_as(k), words)
-                k.mul_(params["grid"])
+                self._release_one(ac, k, params, words, None if words is not None else noise_grid[i])
+                if learn:
+                    x = xi[i].view_as(k)
+                    torch.sub(k, torch.clamp(ac.float(), -bound, bound), out=x)
+                    x.mul_(inv_scale)
+        if learn:
+            noisy = scales.to(out.dtype) * xi
+            return out + (noisy - noisy.detach())  # value: exactly the release (a - a.detach() == 0)
         if torch.is_grad_enabled() and (self.budget_logits.requires_grad or images.requires_grad):
             full = block_dct(images, self.upsample, validate=False)
             out = self._straight_through(out, full.view(b, N_COLORS, COEFFS_PER_BLOCK, h, w)[:, :, 1:])
         return out
+
+    @staticmethod
+    def _release_one(ac: Tensor, k: Tensor, params: dict[str, Tensor], words: Any, noise: Tensor | None) -> None:
+        """Write one image's release into ``k`` (3, 63, H, W) from its AC coefficients ``ac``."""
+        if noise is None and k.device.type == "cpu" and ac.dtype == torch.float32:
+            rows = (N_COLORS, -1)  # per colour the 63 AC planes are contiguous in the DCT buffer
+            release_grid_cpu(ac.reshape(rows).numpy(), params["inv_grid"].reshape(rows).numpy(),
+                             params["half_range"].reshape(rows).numpy(), params["grid"].reshape(rows).numpy(),
+                             k.reshape(rows).numpy(), words, workers=torch.get_num_threads())
+            return
+        torch.mul(ac, params["inv_grid"], out=k)
+        k.round_()
+        torch.clamp(k, min=params["neg_half_range"], max=params["half_range"], out=k)
+        if noise is not None:
+            k.add_(noise.view_as(k).to(k.dtype))
+        else:
+            add_discrete_laplace_(k, words.cells(k.numel()).view_as(k), words)
+        k.mul_(params["grid"])
 
     def _release_tensors(self, device: torch.device) -> dict[str, Tensor]:
         """:meth:`release_parameters` as float32 (3, 63, H, W) on ``device``, cached with them."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -215,39 +216,50 @@ def add_discrete_laplace_(k: Tensor, cells: Tensor, words: WordSource) -> Tensor
 _CPU_CHUNK = 1 << 17
 
 
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facepriv-dlap")
+
+
 def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.ndarray, grid: np.ndarray,
-                     out: np.ndarray, words: WordSource) -> None:
+                     out: np.ndarray, words: WordSource, workers: int = 1) -> None:
     """``out = grid * (clamp(rint(values * inv_grid), -D, D) + Z)`` on the CPU, Z ~ DLap(q) i.i.d.
 
     All arrays float32 ``(rows, L)`` with contiguous rows (``values`` may have a row stride). The
-    same arithmetic as :func:`add_discrete_laplace_` (round half to even, exact integers below
-    2^24), in NumPy steps of ``_CPU_CHUNK`` elements whose operands stay in cache; a 16-bit cell
-    index feeds ``np.take`` without a conversion pass, and the ~1 % of draws needing the exact
-    path are gathered and drawn together at the end.
+    same arithmetic and the same random bits, in the same order, as :func:`add_discrete_laplace_`
+    (round half to even, exact integers below 2^24), in NumPy steps of ``_CPU_CHUNK`` elements
+    whose operands stay in cache, spread over ``workers`` threads (NumPy releases the GIL; the
+    result does not depend on the thread count). A 16-bit cell index feeds ``np.take`` without a
+    conversion pass; the ~1 % of draws needing the exact path are drawn together at the end.
     """
     fast = tables().fast.numpy()
     rows, n = out.shape
-    slow_at: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (row, positions, k, cells)
-    for r in range(rows):
-        for start in range(0, n, _CPU_CHUNK):
-            stop = min(n, start + _CPU_CHUNK)
-            k = out[r, start:stop]
-            np.multiply(values[r, start:stop], inv_grid[r, start:stop], out=k)
-            np.rint(k, out=k)
-            np.minimum(k, half_range[r, start:stop], out=k)
-            np.maximum(k, -half_range[r, start:stop], out=k)
-            cells = np.frombuffer(words.bytes(2 * (stop - start)), dtype=np.uint16)
-            z = np.take(fast, cells)
-            where = np.flatnonzero(np.isnan(z))
-            if where.size:
-                slow_at.append((r, where + start, k[where].copy(), cells[where]))
-                z[where] = 0.0
-            np.add(k, z, out=k)
-            np.multiply(k, grid[r, start:stop], out=k)
-    if slow_at:
-        z_exact = _slow_values(torch.from_numpy(np.concatenate([c for *_, c in slow_at]).astype(np.int64)), words).numpy()
+    cells = np.frombuffer(words.bytes(2 * rows * n), dtype=np.uint16).reshape(rows, n)
+
+    def step(task: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        r, start = task
+        stop = min(n, start + _CPU_CHUNK)
+        k = out[r, start:stop]
+        np.multiply(values[r, start:stop], inv_grid[r, start:stop], out=k)
+        np.rint(k, out=k)
+        np.minimum(k, half_range[r, start:stop], out=k)
+        np.maximum(k, -half_range[r, start:stop], out=k)
+        z = np.take(fast, cells[r, start:stop])
+        where = np.flatnonzero(np.isnan(z))
+        before = k[where].copy()
+        z[where] = 0.0
+        np.add(k, z, out=k)
+        np.multiply(k, grid[r, start:stop], out=k)
+        return r, where + start, before
+
+    tasks = [(r, start) for r in range(rows) for start in range(0, n, _CPU_CHUNK)]
+    results = list(_pool(workers).map(step, tasks)) if workers > 1 and len(tasks) > 1 else [step(t) for t in tasks]
+    slow = [(r, pos, before) for r, pos, before in results if pos.size]
+    if slow:
+        slow_cells = np.concatenate([cells[r, pos] for r, pos, _ in slow]).astype(np.int64)
+        z_exact = _slow_values(torch.from_numpy(slow_cells), words).numpy()
         offset = 0
-        for r, pos, k_before, _ in slow_at:
-            exact = (k_before.astype(np.float64) + z_exact[offset : offset + pos.size]).astype(np.float32)
+        for r, pos, before in slow:
+            exact = (before.astype(np.float64) + z_exact[offset : offset + pos.size]).astype(np.float32)
             out[r, pos] = exact * grid[r, pos]
             offset += pos.size

@@ -131,12 +131,17 @@ def test_cpu_fast_path_equals_the_torch_path() -> None:
     half = torch.full((2, n), 150.0)
     grid = torch.rand(2, n, generator=g) + 0.5
     key = bytes(range(32))
-    out = torch.empty(2, n)
-    release_grid_cpu(values.numpy(), inv.numpy(), half.numpy(), grid.numpy(), out.numpy(), KeystreamWords(key))
+    outs = []
+    for workers in (1, 3):  # the thread count changes nothing
+        out = torch.empty(2, n)
+        release_grid_cpu(values.numpy(), inv.numpy(), half.numpy(), grid.numpy(), out.numpy(), KeystreamWords(key),
+                         workers=workers)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
     k = torch.clamp(torch.round(values * inv), -half, half)
     words = KeystreamWords(key)
     add_discrete_laplace_(k, words.cells(k.numel()).view_as(k), words)
-    assert torch.equal(out, k * grid)
+    assert torch.equal(outs[0], k * grid)
 
 
 def test_training_noise_is_reproducible_and_resumable() -> None:
@@ -211,3 +216,19 @@ def test_inverse_cdf_of_supplied_uniforms_matches_the_pmf() -> None:
     with torch.no_grad():
         assert torch.equal(dp(x, noise_uniform=uniforms), dp(x, noise_uniform=uniforms))
         assert torch.equal(dp(x, noise_uniform=uniforms), dp(x, noise_grid=discrete_laplace_from_uniform(uniforms).float()))
+
+
+def test_allocation_gradient_is_the_reparameterised_one() -> None:
+    """d loss / d logits = sum over the batch of dL/dy * xi * d b / d logits, xi = (y - f) / b."""
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    dp = DCTDP(input_size=16, train_seed=9).train()
+    with torch.no_grad():
+        dp.budget_logits.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    y = dp(x)
+    weight = torch.rand(y.shape, generator=torch.Generator().manual_seed(2))
+    (y * weight).sum().backward()
+    fast = dp.budget_logits.grad.clone()
+    dp.budget_logits.grad = None
+    xi = ((y.detach() - block_dct(x)[:, AC_INDEX]) / dp.noise_scales().detach()).detach()
+    (weight * dp.noise_scales() * xi).sum().backward()
+    assert torch.allclose(fast, dp.budget_logits.grad, rtol=1e-4, atol=1e-6)
