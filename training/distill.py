@@ -83,6 +83,8 @@ def resolve_teacher(spec: str | os.PathLike[str], device: torch.device) -> Teach
     with ``face_recognition_models``: the realistic "we already own an RGB face model" case.
     """
     spec_s = str(spec)
+    if spec_s.startswith("pack:"):
+        return PackTeacher(spec_s[len("pack:"):])
     if Path(spec_s).is_file() and not spec_s.lower().endswith(".onnx"):
         return load_checkpoint_teacher(spec_s, device)
     try:
@@ -100,6 +102,39 @@ def resolve_teacher(spec: str | os.PathLike[str], device: torch.device) -> Teach
                                              sort_keys=True)  # type: ignore[attr-defined]
     embed.judge = judge  # type: ignore[attr-defined]
     return embed
+
+
+class PackTeacher:
+    """Precomputed teacher embeddings from a pack (``facepriv data bundle``): ``distill.teacher:
+    pack:DIR``, for training on the pack's ``train.rec`` where the teacher itself cannot run
+    (a GPU machine without dlib, a cluster node without the raw images).
+
+    It never runs a model: ``embeddings_for`` hands over the pack's rows, and only for the
+    pack's own ``train.rec`` in its own record order (a dataset with another length or other
+    sample keys gets an error naming both, never mismatched targets).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        from facepriv.data.pack import Pack
+
+        self.pack = Pack(root)
+        self.teacher_id = self.pack.teacher_id
+
+    def embeddings_for(self, dataset: Dataset) -> Tensor:
+        keys = dataset_keys(dataset)
+        rec = Path(self.pack.root / "train.rec").resolve()
+        expected = self.pack.manifest["train"]["images"]
+        bad = [k for k in keys if Path(k.rpartition("#")[0]).resolve() != rec]
+        if len(keys) != expected or bad:
+            raise ValueError(f"distill.teacher pack:{self.pack.root}: its embeddings are for the {expected} records of "
+                             f"{rec}; this dataset has {len(keys)} samples"
+                             + (f" (first other sample: {bad[0]})" if bad else "")
+                             + "; set data.format: recordio and data.path to the pack's train.rec")
+        order = torch.tensor([int(k.rpartition("#")[2]) - 1 for k in keys], dtype=torch.long)
+        return self.pack.teacher_embeddings()[order]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        raise RuntimeError(f"pack:{self.pack.root} holds precomputed embeddings only; it cannot embed new images")
 
 
 def load_checkpoint_teacher(path: str | os.PathLike[str], device: torch.device) -> Teacher:
@@ -276,6 +311,8 @@ class DistillTargets:
             emb = cls.read_covering_cache(folder, tid, keys)
             if emb is not None and env.is_main:
                 cls.write_cache(cache, emb, tid, keys, khash)
+        if emb is None and hasattr(teacher, "embeddings_for"):  # precomputed rows (a pack): no model runs
+            emb = teacher.embeddings_for(dataset)
         if emb is None:
             shard = list(range(env.rank, n, env.world_size))
             idx, part = compute_teacher_embeddings(teacher, dataset, device, indices=shard, batch_size=cfg.distill.batch_size,

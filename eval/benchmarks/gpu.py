@@ -647,38 +647,11 @@ def _real_train_config(recipe: dict[str, Any], frontend: str, steps: int, device
                   "frontend_lr": 0.01, "amp": "bf16" if device == "cuda" else "none"},
         "schedule": {"type": "poly", "max_steps": steps, "warmup_steps": max(1, steps // 20), "power": 2.0},
         "checkpoint": {"every_steps": 0},
-        "distill": {"enabled": True, "cosine_weight": 1.0, "head_weight": 0.1, "center": True},
+        "distill": {"enabled": True, "teacher": f"pack:{Path(path).parent}", "cosine_weight": 1.0, "head_weight": 0.1,
+                    "center": True},
         "logging": {"every_steps": 50, "progress": False, "csv": True},
         **({"init_from": init_from} if init_from else {}),
     }
-
-
-class PackTeacher:
-    """Distillation targets from a pack: never runs a model, refuses anything it does not hold.
-
-    The trainer asks a teacher for embeddings only when its cache does not match; the cache
-    written by ``install_pack_teacher`` always matches the pack's own ``train.rec``, so a
-    call means the data and the targets belong to different packs.
-    """
-
-    def __init__(self, teacher_id: str) -> None:
-        self.teacher_id = teacher_id
-
-    def __call__(self, images: Any) -> Any:
-        raise RuntimeError("pack teacher: the embedding cache does not match this dataset (mixed-up pack?)")
-
-
-def install_pack_teacher(pack: Any, dataset: Any, run_dir: Path) -> PackTeacher:
-    """Write the pack's teacher rows as the run's distillation cache, keyed by this machine's
-    sample keys (they name the local path of ``train.rec``), and return the matching teacher."""
-    from facepriv.training.components import dataset_keys
-    from facepriv.training.distill import DistillTargets, keys_sha256
-
-    keys = dataset_keys(dataset)
-    teacher = PackTeacher(pack.teacher_id)
-    DistillTargets.write_cache(run_dir / "teacher_embeddings.safetensors", pack.teacher_embeddings(),
-                               teacher.teacher_id, keys, keys_sha256(keys))
-    return teacher
 
 
 def evaluate_on_pack(model: Any, test_set: Any, device: Any, repetitions: int) -> dict[str, Any]:
@@ -758,13 +731,12 @@ def section_real(device: Any, budget: Budget, args: argparse.Namespace,
         run_dir = out_dir / frontend
         run_dir.mkdir(parents=True, exist_ok=True)
         dataset = pack.train_dataset(dtype="uint8", image_size=recipe["image_size"])
-        teacher = install_pack_teacher(pack, dataset, run_dir)
         init_from = rgb_model if frontend != "rgb" else None
         steps, why = planned_steps(recipe, frontend, len(dataset), seconds, bool(init_from), measured)
         cfg = _real_train_config(recipe, frontend, steps, device.type, workers, init_from, str(pack.root / "train.rec"))
         t0 = time.perf_counter()
         try:
-            trainer = _trainer(cfg, run_dir=run_dir, dataset=dataset, teacher=teacher)
+            trainer = _trainer(cfg, run_dir=run_dir, dataset=dataset)
             summary = trainer.fit(stop_after_s=seconds * 1.15)
             train_s = time.perf_counter() - t0
             model = trainer.recognizer.eval()
