@@ -296,7 +296,14 @@ class MinusFace(PartialFace):
     def privacy_report(self) -> dict[str, Any]:
         report = super().privacy_report()
         active = bool(self.generator.head_weight.abs().max() > 0 or self.generator.head_bias.abs().max() > 0)
+        # PartialFace's rank analysis and attack results are about the linear map E restricted to a
+        # subset; the residue subtracts a nonlinear g(x), so neither carries over once g is trained
+        report.pop("one_subset_determines", None)
         report.update({
+            "what_attacks_found": (
+                "No MinusFace attack result is recorded in facepriv's docs: run `facepriv attack --checkpoint` on the "
+                "trained model. Untrained (zero output head) it sends PartialFace's tensors, with PartialFace's "
+                "measured weakness."),
             "frontend": self.name,
             "mechanism": "learned feature subtraction (block-DCT residue of a client-side regeneration) "
                          "+ frequency pruning + secret random subset selection",
