@@ -166,18 +166,23 @@ class ResidueGenerator(nn.Module):
         height, width = nh * BLOCK // self.upsample, nw * BLOCK // self.upsample
         start_r, w_r = _band_on(height, self.upsample, features.device, features.dtype)  # w_r: (A, 8 u, nh)
         start_c, w_c = _band_on(width, self.upsample, features.device, features.dtype)   # w_c: (A', 8 v, nw)
+        a_r, a_c = w_r.shape[0], w_c.shape[0]
         weight = (self.head_weight * self.gain.unsqueeze(1)).view(N_COLORS, BLOCK, BLOCK, k)  # (c, u, v, k)
         bias = (self.head_bias * self.gain).view(N_COLORS, BLOCK, BLOCK)
-        # V[b, c, e, a, i, j] = sum_uv M[8i+u, start_r[i]+e] M[8j+v, start_c[j]+a] X'[b, c, u, v, i, j]
-        per_column = torch.einsum("avj,cuvk->cuakj", w_c, weight)
-        v = torch.einsum("eui,bcuaij->bceaij", w_r, torch.einsum("cuakj,bkij->bcuaij", per_column, features))
+        # V[b, c, e, a, i, j] = sum_uv M[8i+u, start_r[i]+e] M[8j+v, start_c[j]+a] X'[b, c, u, v, i, j]. X' is
+        # linear in the features, so fold head and band into one (3 A A' x width) matrix per block position,
+        # shared by the batch, and apply it as a batched product over positions.
+        kernel = torch.einsum("eui,cuakj->ijceak", w_r, torch.einsum("avj,cuvk->cuakj", w_c, weight))
+        kernel = kernel.reshape(nh * nw, N_COLORS * a_r * a_c, k)
+        v = torch.bmm(kernel, features.permute(2, 3, 1, 0).reshape(nh * nw, k, b))  # (positions, 3 A A', B)
+        v = v.view(nh, nw, N_COLORS, a_r, a_c, b).permute(5, 2, 3, 4, 0, 1)
         v = v + torch.einsum("eui,avj,cuv->ceaij", w_r, w_c, bias)
         # scatter-add the band back onto source pixels: Z -> M^T Z M
-        cols = features.new_zeros(b, N_COLORS, w_r.shape[0], nh, width)
-        for a in range(w_c.shape[0]):
+        cols = features.new_zeros(b, N_COLORS, a_r, nh, width)
+        for a in range(a_c):
             cols = cols.index_add(-1, start_c + a, v[:, :, :, a])
         planes = features.new_zeros(b, N_COLORS, height, width)
-        for e in range(w_r.shape[0]):
+        for e in range(a_r):
             planes = planes.index_add(2, start_r + e, cols[:, :, e])
         g_r = _gram_inverse64(height, self.upsample).to(features.device, features.dtype)
         g_c = g_r if width == height else _gram_inverse64(width, self.upsample).to(features.device, features.dtype)
