@@ -26,7 +26,7 @@ from torch import Tensor
 
 from facepriv.data import DataError, ImageFolderDataset, list_identity_folders
 
-__all__ = ["FaceSet", "VictimSplit", "check_disjoint", "load_faces", "split_victims", "load_victims"]
+__all__ = ["FaceSet", "VictimSplit", "check_disjoint", "concat_faces", "load_faces", "split_victims", "load_victims"]
 
 
 @dataclass
@@ -107,6 +107,25 @@ def load_faces(root: str | os.PathLike[str], *, image_size: int = 112, max_image
     if not imgs:
         raise DataError(f"{root}: no readable images ({len(skipped)} unreadable)")
     return FaceSet(torch.stack(imgs), torch.tensor(labels, dtype=torch.long), list(ds.class_names), paths, str(root), skipped)
+
+
+def concat_faces(sets: list[FaceSet]) -> FaceSet:
+    """Several auxiliary sets as one (e.g. LFW training identities + CelebA); identities stay
+    distinct (labels are offset per set, names prefixed by their set's folder name)."""
+    if not sets:
+        raise ValueError("concat_faces: no face sets")
+    if len(sets) == 1:
+        return sets[0]
+    shapes = {tuple(s.images.shape[1:]) for s in sets}
+    if len(shapes) != 1:
+        raise ValueError(f"auxiliary sets have different image shapes {sorted(shapes)}; use one --image-size")
+    labels, names, offset = [], [], 0
+    for s in sets:
+        labels.append(s.labels + offset)
+        names += [f"{Path(s.root).name}/{n}" for n in s.names]
+        offset += len(s.names)
+    return FaceSet(torch.cat([s.images for s in sets]), torch.cat(labels), names, [p for s in sets for p in s.paths],
+                   " + ".join(s.root for s in sets), [k for s in sets for k in s.skipped])
 
 
 @dataclass

@@ -24,6 +24,10 @@ How PartialFace is read (see ``facepriv.eval.attacks.placement``):
 * ``secret``: the seed is known, so the table and permutations are; the per-query choice is
   identified among the ``n_subsets x n_permutations`` hypotheses and the channels placed
   exactly where that hypothesis says.
+* ``recovered``: no secret, but the layouts were recovered from intercepted traffic
+  (``facepriv.eval.attacks.recovery``); the attacker then reads tensors exactly as under
+  ``secret``, with its recovered hypotheses in place of the real table. The view is built
+  on the public copy of the frontend (the real table is never read).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from facepriv.eval.attacks.placement import FrequencyProfile
 
 __all__ = ["AuxStats", "Placed", "AttackerView", "build_view", "observe", "has_secret", "KNOWLEDGE_LEVELS", "public_copy"]
 
-KNOWLEDGE_LEVELS = ("public", "secret")
+KNOWLEDGE_LEVELS = ("public", "secret", "recovered")
 
 
 @dataclass
@@ -292,12 +296,18 @@ class DCTDPView(AttackerView):
 class PartialFaceView(AttackerView):
     """Channels of unknown (public) or inferred-from-the-table (secret) frequency."""
 
-    def __init__(self, frontend: PartialFace, knowledge: str) -> None:
+    def __init__(self, frontend: PartialFace, knowledge: str, hypotheses: Tensor | None = None) -> None:
         super().__init__(frontend, knowledge)
         self.profile = FrequencyProfile(frontend.kept, frontend.upsample)
         self.s = frontend.subset_size
         self._kept = torch.tensor(frontend.kept)
-        if knowledge == "secret":
+        if knowledge == "recovered":
+            if hypotheses is None or hypotheses.dim() != 2 or hypotheses.shape[1] != N_COLORS * self.s \
+                    or hypotheses.shape[0] < 1:
+                raise ValueError(f"recovered knowledge needs recovered layouts of shape (H, {N_COLORS * self.s}), "
+                                 f"got {None if hypotheses is None else tuple(hypotheses.shape)}")
+            self.hypotheses = hypotheses.long().cpu()
+        elif knowledge == "secret":
             combos = torch.cartesian_prod(torch.arange(frontend.n_subsets), torch.arange(frontend.n_permutations))
             self.hypotheses = frontend.subset_channels(combos[:, 0].to(frontend.subset_table.device),
                                                        combos[:, 1].to(frontend.subset_table.device)).cpu()
@@ -311,7 +321,7 @@ class PartialFaceView(AttackerView):
         return self
 
     def _random_channels(self, b: int, g: torch.Generator) -> Tensor:
-        if self.knowledge == "secret":
+        if self.hypotheses is not None:
             idx = torch.randint(self.hypotheses.shape[0], (b,), generator=g)
             return self.hypotheses[idx]
         k = len(self.frontend.kept)
@@ -331,7 +341,7 @@ class PartialFaceView(AttackerView):
         """The attacker's channel assignment ``(B, 3*s)`` for intercepted tensors."""
         if self.profile.mean is None:
             raise RuntimeError("PartialFaceView: call fit() on auxiliary images first")
-        if self.knowledge == "secret":
+        if self.hypotheses is not None:
             return self.profile.best_hypothesis(protected.cpu(), self.hypotheses)[0]
         return self.profile.estimate(protected.cpu(), self.s)
 
@@ -355,8 +365,9 @@ class PartialFaceView(AttackerView):
         est = self.channels_for(protected)
         true = truth["channels"].to(est.device)
         return {
-            "placement": "hypothesis over (subset, permutation) with the known table" if self.knowledge == "secret"
-            else "estimated frequency per channel (Hungarian on learned per-frequency signatures)",
+            "placement": {"secret": "hypothesis over (subset, permutation) with the known table",
+                          "recovered": "hypothesis over the layouts recovered from intercepted traffic"}.get(
+                self.knowledge, "estimated frequency per channel (Hungarian on learned per-frequency signatures)"),
             "position_accuracy": float((est == true).float().mean()),
             "query_exactly_placed": float((est == true).all(1).float().mean()),
             "frequency_set_recall": float(sum(len(set(a) & set(b)) for a, b in zip(est.tolist(), true.tolist())) / true.numel()),
@@ -367,6 +378,9 @@ class PartialFaceView(AttackerView):
         if self.knowledge == "secret":
             d["reads"] = ("secret seed known (subset table, permutations); the per-query subset/permutation is "
                           f"identified among {self.hypotheses.shape[0]} hypotheses from channel statistics")
+        elif self.knowledge == "recovered":
+            d["reads"] = ("no secret; the layouts were recovered from intercepted traffic and each query is "
+                          f"identified among the {self.hypotheses.shape[0]} recovered hypotheses from channel statistics")
         else:
             d["reads"] = ("no secret: each channel's frequency is estimated from learned per-frequency statistics; "
                           "training data use a fresh random subset/order per sample (marginal over secrets)")
@@ -384,10 +398,23 @@ def public_copy(frontend: PartialFace, attacker_seed: int = 0) -> PartialFace:
     return PartialFace(**cfg).eval()
 
 
-def build_view(frontend: torch.nn.Module, knowledge: str, *, attacker_seed: int = 0) -> AttackerView:
-    """The attacker's view of ``frontend`` at ``knowledge`` ("public" or "secret")."""
+def build_view(frontend: torch.nn.Module, knowledge: str, *, attacker_seed: int = 0,
+               hypotheses: Tensor | None = None) -> AttackerView:
+    """The attacker's view of ``frontend`` at ``knowledge`` ("public", "secret" or "recovered").
+
+    ``hypotheses``: the layouts recovered from traffic (``recovered`` knowledge, PartialFace only).
+    """
+    if knowledge == "recovered" and not isinstance(frontend, PartialFace):
+        raise ValueError(f"'recovered' knowledge applies to PartialFace only, not {type(frontend).__name__}")
+    from facepriv.frontends import MinusFace
+
+    if isinstance(frontend, MinusFace):  # a PartialFace subclass that sends a learned residue: its own view
+        from facepriv.eval.attacks.minusface_view import build_minusface_view
+
+        return build_minusface_view(frontend, knowledge, attacker_seed=attacker_seed, hypotheses=hypotheses)
     if isinstance(frontend, PartialFace):
-        return PartialFaceView(frontend if knowledge == "secret" else public_copy(frontend, attacker_seed), knowledge)
+        real = knowledge == "secret"
+        return PartialFaceView(frontend if real else public_copy(frontend, attacker_seed), knowledge, hypotheses)
     if isinstance(frontend, DCTDP):
         return DCTDPView(frontend, knowledge)
     if isinstance(frontend, DCTFrontend):

@@ -12,7 +12,7 @@ from facepriv.eval.attacks.cli import main
 
 TINY = ["--image-size", "32", "--steps", "4", "--batch-size", "4", "--width", "4", "--depth", "1",
         "--opt-steps", "3", "--lstsq-iterations", "5", "--max-victims", "6", "--max-aux", "40",
-        "--grid-victims", "3", "--no-progress"]
+        "--grid-victims", "3", "--link-steps", "4", "--link-width", "4", "--bootstrap", "50", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +44,25 @@ def test_cli_writes_json_markdown_and_grids(tmp_path, face_folders, judge_ckpt):
         assert pf["knowledge_levels"] == ["public", "secret"] and dct["knowledge_levels"] == ["public"]
         rows = {(r["attack"], r["knowledge"]) for r in pf["results"]}
         assert {("analytic/lstsq", "public"), ("learned", "secret"), ("optimisation", "public")} <= rows
+        # with a judge, the default attacks include identity linkage (no image, identity only)
+        assert {("linkage", "public"), ("linkage/protected", "secret")} <= rows
         for r in pf["results"] + dct["results"]:
-            assert r["image"]["psnr_db"]["mean"] is not None and "rank1" in r["identity"]
+            assert "rank1" in r["identity"] and r["identity"]["ci"]["rank1"] is not None  # bootstrap interval
+            if r["attack"].startswith("linkage"):
+                assert r["image"] is None
+            else:
+                assert r["image"]["psnr_db"]["mean"] is not None
+        # the headline: best attack per victim, per knowledge level, fusing reconstructions and linkage
+        best = pf["best_per_victim"]
+        assert set(best) == {"public", "secret"} and "linkage" in best["public"]["attacks"]
+        assert "linkage/protected" not in best["public"]["attacks"]
         assert pf["baselines"]["raw_images"]["identity"]["n_probes"] == 6
         assert pf["data"]["victims"]["skipped_files"] == 1
         assert "secret_seed" not in json.dumps(pf["frontend"]["public_config"]).replace('"secret_seed": "<secret>"', "")
         md = (out / "attack.md").read_text()
         assert "| Attack | Knowledge | PSNR (dB) | SSIM (luma) | TPR@FPR=1e-3 | TPR@FPR=1e-2 | Rank-1 |" in md
         assert "raw images (upper bound)" in md and "naive rendering" in md and "Worst case" in md
+        assert "Headline: best attack per victim" in md and "Convergence check: none" in md
         for sub in ("partialface", "dct"):
             assert (out / sub / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert (out / sub / "decoder_public.pt").is_file()
@@ -113,8 +124,9 @@ def test_yaml_config_and_checkpoint_target(tmp_path, face_folders):
     cfg = _config(args)
     assert cfg.victim_batch == 4 and cfg.learned.steps == 7 and cfg.learned.width == 5  # flag beats YAML
     assert cfg.optimisation.tv_weight == 0.5
-    (label, frontend, note), = _frontends(args, 32)
+    (label, frontend, note, model), = _frontends(args, 32)
     assert label == "partialface" and frontend.secret_seed == 99 and "checkpoint" in note
+    assert model is not None and model.frontend is frontend  # the gradient attack inverts this model's updates
     yml.write_text("learned:\n  stepz: 7\n")
     with pytest.raises(ValueError, match="stepz"):
         _config(build_parser().parse_args([*base, "--config", str(yml)]))
