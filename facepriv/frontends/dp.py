@@ -73,6 +73,30 @@ def analytic_ac_bounds() -> Tensor:
     return per_color.repeat(N_COLORS).float()
 
 
+class _ReparameterisedRelease(torch.autograd.Function):
+    """Returns the exact release; back-propagates into the noise scales as ``y = f + b * xi`` would.
+
+    Why a Function: the straight-through in plain ops (``y + (b xi - (b xi).detach())``) costs three
+    batch-sized temporaries forward and one backward; here the backward accumulates
+    ``sum_images dL/dy * xi`` image by image into one scales-sized buffer.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scales: Tensor, released: Tensor, xi: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(xi)
+        ctx.scales_shape = scales.shape
+        ctx.mark_non_differentiable(xi)
+        return released
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (xi,) = ctx.saved_tensors
+        acc = torch.zeros(xi.shape[1:], dtype=xi.dtype, device=xi.device)
+        for i in range(xi.shape[0]):
+            acc.addcmul_(grad[i], xi[i])
+        return acc.sum_to_size(ctx.scales_shape), None, None
+
+
 class DCTDP(Frontend):
     """Differentially private DCT frontend with a learnable, fixed-total budget allocation.
 
@@ -304,13 +328,13 @@ class DCTDP(Frontend):
         # Training: the loss reaches the allocation as if y = clip(f) + b * xi, with xi the realised
         # standardised noise, computed per image while its coefficients are still in cache.
         learn = torch.is_grad_enabled() and self.budget_logits.requires_grad and not images.requires_grad
-        if learn:
-            xi = torch.empty_like(out)
-            scales = self.noise_scales()
-            with torch.no_grad():
-                inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
-                bound = self.element_bounds().float().expand(AC_CHANNELS, h, w).reshape_as(inv_scale)
+        scales = self.noise_scales() if learn else None
+        xi = torch.empty_like(out) if learn else None
         with torch.no_grad():
+            if learn:
+                inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
+                bound = self.element_bounds().float().expand(AC_CHANNELS, h, w).reshape_as(inv_scale).contiguous()
+                neg_bound = -bound
             scratch = torch.empty(1, N_COLORS * COEFFS_PER_BLOCK, h, w, dtype=images.dtype, device=images.device)
             for i in range(b):  # one image at a time, into one reused buffer: it stays in cache
                 block_dct(images[i : i + 1], self.upsample, validate=False, out=scratch)
@@ -319,11 +343,11 @@ class DCTDP(Frontend):
                 self._release_one(ac, k, params, words, None if words is not None else noise_grid[i])
                 if learn:
                     x = xi[i].view_as(k)
-                    torch.sub(k, torch.clamp(ac.float(), -bound, bound), out=x)
+                    torch.clamp(ac.float(), min=neg_bound, max=bound, out=x)
+                    torch.sub(k, x, out=x)
                     x.mul_(inv_scale)
         if learn:
-            noisy = scales.to(out.dtype) * xi
-            return out + (noisy - noisy.detach())  # value: exactly the release (a - a.detach() == 0)
+            return _ReparameterisedRelease.apply(scales, out, xi)
         if torch.is_grad_enabled() and (self.budget_logits.requires_grad or images.requires_grad):
             full = block_dct(images, self.upsample, validate=False)
             out = self._straight_through(out, full.view(b, N_COLORS, COEFFS_PER_BLOCK, h, w)[:, :, 1:])
