@@ -59,7 +59,9 @@ WordSource = Callable[[int], Tensor]
 class DiscreteLaplaceTables:
     """The fixed tables of the sampler and the exact deviation of what they realise from DLap(q)."""
 
-    fast: Tensor  # float32 (2^16,): value of a pure head cell, NaN for cells needing 16 more bits
+    fast: Tensor  # float32 (2^16,): by virtual cell: the value of a pure head cell (0 for the others)
+    physical_cell: Tensor  # int64 (2^16,): the layout cell of each virtual cell
+    n_pure: int  # virtual cells [0, n_pure) are pure; [n_pure, 2^16) need the exact path
     head_values: Tensor  # float64 (n_head,): head outcomes in layout order (-H+1 .. H-1)
     head_cum: Tensor  # int64 (n_head + 1,): 32-bit layout boundaries; [n_head] = start of the tail
     tail_r_cum: Tensor  # int64 (LEVEL + 1,): 32-bit layout of R in [0, LEVEL)
@@ -106,9 +108,14 @@ def tables() -> DiscreteLaplaceTables:
     first = np.searchsorted(cum, cell, side="right") - 1
     last = np.searchsorted(cum, cell + (1 << (32 - CELL_BITS)) - 1, side="right") - 1
     pure = (first == last) & (first < len(z))
-    fast = np.where(pure, z[np.minimum(first, len(z) - 1)].astype(np.float32), np.float32("nan"))
+    fast = np.where(pure, z[np.minimum(first, len(z) - 1)], 0).astype(np.float32)
+    # Virtual cells: a fixed relabelling of the 2^16 cells (uniform stays uniform) that puts the
+    # pure ones first, so "needs the exact path" is one comparison on the 16-bit draw itself.
+    order = np.argsort(~pure, kind="stable")
     return DiscreteLaplaceTables(
-        fast=torch.from_numpy(fast.astype(np.float32)),
+        fast=torch.from_numpy(fast[order]),
+        physical_cell=torch.from_numpy(order.astype(np.int64)),
+        n_pure=int(pure.sum()),
         head_values=torch.from_numpy(z.astype(np.float64)),
         head_cum=torch.from_numpy(head_cum.astype(np.int64)),
         tail_r_cum=torch.from_numpy(r_cum.astype(np.int64)),
@@ -118,9 +125,10 @@ def tables() -> DiscreteLaplaceTables:
 
 
 @functools.lru_cache(maxsize=8)
-def _tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     t = tables()
-    return t.fast.to(device), t.head_values.to(device), t.head_cum.to(device), t.tail_r_cum.to(device)
+    return (t.fast.to(device), t.head_values.to(device), t.head_cum.to(device), t.tail_r_cum.to(device),
+            t.physical_cell.to(device))
 
 
 def _unsigned(words: Tensor) -> Tensor:
@@ -143,11 +151,11 @@ def _leading_zero_count(words: WordSource, n: int, device: torch.device) -> Tens
 
 
 def _slow_values(cells: Tensor, words: WordSource) -> Tensor:
-    """Exact draws for the cells the fast table cannot settle: 16 more bits, then the tail if there."""
+    """Exact draws for the (virtual) cells the fast table cannot settle: 16 more bits, then the tail if there."""
     device = cells.device
-    _, head_values, head_cum, r_cum = _tables_on(device)
+    _, head_values, head_cum, r_cum, physical = _tables_on(device)
     low = _unsigned(words(cells.numel())) & ((1 << (32 - CELL_BITS)) - 1)
-    position = (cells.long() << (32 - CELL_BITS)) | low  # the 32-bit layout position
+    position = (physical[cells.long()] << (32 - CELL_BITS)) | low  # the 32-bit layout position
     index = torch.searchsorted(head_cum, position, right=True) - 1
     n_head = head_values.numel()
     values = head_values[index.clamp(max=n_head - 1)]
@@ -169,7 +177,7 @@ def discrete_laplace(words: WordSource, n: int, device: torch.device | str = "cp
     fast, *_ = _tables_on(device)
     cells = _unsigned(words(n)) >> (32 - CELL_BITS)
     values = fast[cells].double()
-    slow = torch.isnan(values)
+    slow = cells >= tables().n_pure
     if bool(slow.any()):
         values[slow] = _slow_values(cells[slow], words)
     return values
@@ -203,7 +211,7 @@ def add_discrete_laplace_(k: Tensor, cells: Tensor, words: WordSource) -> Tensor
     fast, *_ = _tables_on(k.device)
     index = cells.reshape(-1)
     z = fast.index_select(0, index)
-    where = torch.isnan(z).nonzero().squeeze(1)
+    where = (index >= tables().n_pure).nonzero().squeeze(1)
     flat_k = k.view(-1)
     exact = flat_k[where].double() + _slow_values(index[where], words) if where.numel() else None
     flat_k.add_(z)
@@ -232,7 +240,7 @@ def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.nd
     result does not depend on the thread count). A 16-bit cell index feeds ``np.take`` without a
     conversion pass; the ~1 % of draws needing the exact path are drawn together at the end.
     """
-    fast = tables().fast.numpy()
+    fast, n_pure = tables().fast.numpy(), tables().n_pure
     rows, n = out.shape
     cells = np.frombuffer(words.bytes(2 * rows * n), dtype=np.uint16).reshape(rows, n)
 
@@ -244,10 +252,9 @@ def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.nd
         np.rint(k, out=k)
         np.minimum(k, half_range[r, start:stop], out=k)
         np.maximum(k, -half_range[r, start:stop], out=k)
-        z = np.take(fast, cells[r, start:stop])
-        where = np.flatnonzero(np.isnan(z))
+        z = np.take(fast, cells[r, start:stop])  # 0 where the exact path takes over
+        where = np.flatnonzero(cells[r, start:stop] >= n_pure)
         before = k[where].copy()
-        z[where] = 0.0
         np.add(k, z, out=k)
         np.multiply(k, grid[r, start:stop], out=k)
         return r, where + start, before

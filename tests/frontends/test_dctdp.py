@@ -63,7 +63,8 @@ def test_noise_is_independent_per_sample() -> None:
     x = faces(1).expand(8, 3, 16, 16).contiguous()
     with torch.no_grad():
         out = dp(x)
-    n = (out - block_dct(x)[:, AC_INDEX]).flatten(1).numpy()
+    # standardised: exact bounds span orders of magnitude, and raw noise would be a few elements' noise
+    n = ((out - block_dct(x)[:, AC_INDEX]) / dp.noise_scales().detach()).flatten(1).numpy()
     corr = np.corrcoef(n)
     off_diagonal = corr[~np.eye(8, dtype=bool)]
     assert np.abs(off_diagonal).max() < 0.05  # independent draws (same draw would give 1.0)
