@@ -67,7 +67,9 @@ def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
     """Best attack by identity leakage (TPR@1e-3), for the attacker without secrets and with them."""
     out: dict[str, Any] = {}
     for level in ("public", "secret"):
-        rows = [r for r in attack.get("results", []) if r.get("knowledge") == level]
+        # identity against the raw gallery only (linkage/protected links two protected queries)
+        rows = [r for r in attack.get("results", []) if r.get("knowledge") == level
+                and r.get("task", "probe vs raw gallery") == "probe vs raw gallery"]
         if not rows:
             continue
 
@@ -76,8 +78,10 @@ def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
             return -1.0 if v is None else float(v)
 
         best = max(rows, key=lambda r: (tpr(r), (r.get("identity") or {}).get("rank1") or 0.0))
-        best_psnr = max(rows, key=lambda r: r["image"]["psnr_db"]["mean"] or -1.0)
-        best_ssim = max(rows, key=lambda r: r["image"]["ssim_luma"]["mean"] or -1.0)
+        imaged = [r for r in rows if r.get("image")] or [{"attack": None, "image": {"psnr_db": {"mean": None},
+                                                                                   "ssim_luma": {"mean": None}}}]
+        best_psnr = max(imaged, key=lambda r: r["image"]["psnr_db"]["mean"] or -1.0)  # linkage rows have no image
+        best_ssim = max(imaged, key=lambda r: r["image"]["ssim_luma"]["mean"] or -1.0)
         out[level] = {
             "best_attack": best["attack"],
             "tpr@1e-3": (best.get("identity") or {}).get("tpr_at_fpr_1e-3"),

@@ -1,0 +1,214 @@
+"""The other half of the demo: what an attacker recovers from each protected frontend.
+
+After training, every protected model's frontend is attacked with the suite of
+``facepriv.eval.attacks`` at a small budget (minutes, not hours): the analytic inversions
+(every fill) and a short learned decoder, plus the linkage attack when the suite has it. The
+attacker's auxiliary faces are the *training* identities; the victims are the *held-out*
+identities (one probe each, the rest their gallery), so the attacker never saw the victims
+(checked: ``check_disjoint``). Identity leakage is the verification TPR at FPR = 1e-3 of the
+best attack, as judged by an identity judge that the attacks never use.
+
+The judge (``--judge``): ``dlib`` is an independent recogniser but was trained on real
+faces, and on the synthetic faces it recognises the raw held-out images only weakly; a judge
+that cannot recognise the raw faces reports little leakage for any reconstruction, which
+would flatter every frontend. So ``auto`` scores each available judge on the raw held-out
+probes and keeps the one that recognises them best (a tie keeps dlib, the independent one):
+leakage is a lower bound on what an attacker gets, and the strongest judge gives the least
+flattering bound. The other candidate is the RGB model trained in the same run (a
+``CheckpointJudge``): the attacks never see it, they invert the frontend only. The report
+names the judge used and both candidates' raw-image scores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .plan import Plan
+
+JUDGES = ("auto", "dlib", "rgb")
+#: the attacks the quickstart runs (``facepriv.eval.attacks``)
+ATTACKS = ("analytic", "learned", "linkage")
+#: the question the leakage figure answers: is the attack's output matched to the victim's raw photos
+RAW_GALLERY_TASK = "probe vs raw gallery"
+#: the leakage operating point, and the fallback when too few impostor pairs make it unmeasurable
+LEAKAGE_FPR, FALLBACK_FPR = 1e-3, 1e-2
+
+
+def tpr_key(fpr: float) -> str:
+    """The key of a TPR figure in ``identity_leakage`` results (``tpr_at_fpr_1e-3``)."""
+    return f"tpr_at_fpr_{fpr:.0e}".replace("e-0", "e-")
+
+
+def load_attack_data(data: dict[str, Any], plan: Plan, seed: int) -> dict[str, Any]:
+    """Victims (held-out identities) and the attacker's auxiliary faces (training identities)."""
+    from facepriv.eval.attacks.data import check_disjoint, load_faces, load_victims
+
+    overlap = check_disjoint(data["train_root"], data["test_root"])
+    victims = load_victims(data["test_root"], image_size=plan.image_size, seed=seed)
+    aux = load_faces(data["train_root"], image_size=plan.image_size, max_images=plan.max_aux, seed=seed, desc="aux")
+    return {"victims": victims, "aux": aux, "overlap_check": overlap}
+
+
+def _raw_leakage(cache: Any, victims: Any) -> dict[str, Any]:
+    from facepriv.judges import identity_leakage
+
+    probes = cache.embed("probes", victims.probes, False)
+    gallery = cache.embed("gallery", victims.gallery, False)
+    return identity_leakage(probes, victims.probe_ids, gallery, victims.gallery_ids)
+
+
+def _strength(leak: dict[str, Any]) -> tuple[float, float, float]:
+    def v(key: str) -> float:
+        x = leak.get(key)
+        return -1.0 if x is None else float(x)
+
+    return v(tpr_key(LEAKAGE_FPR)), v(tpr_key(FALLBACK_FPR)), v("rank1")
+
+
+def choose_judge(spec: str, rgb_model: Path, victims: Any) -> tuple[Any, dict[str, Any]]:
+    """A ``JudgeCache`` over the chosen judge (raw probes and gallery already embedded) and
+    what the report says about the choice."""
+    from facepriv.eval.attacks.runner import JudgeCache
+    from facepriv.judges import CheckpointJudge, JudgeError, build_judge
+
+    if spec not in JUDGES:
+        raise ValueError(f"judge must be one of {JUDGES}, got {spec!r}")
+    candidates: dict[str, Any] = {}
+    info: dict[str, Any] = {"requested": spec, "candidates": {}}
+    if spec in ("auto", "dlib"):
+        try:
+            candidates["dlib"] = build_judge("dlib")
+        except (JudgeError, ImportError, OSError) as exc:
+            if spec == "dlib":
+                raise
+            info["dlib_unavailable"] = str(exc)
+    if spec in ("auto", "rgb"):
+        candidates["rgb"] = CheckpointJudge(rgb_model)
+    caches = {}
+    for name, judge in candidates.items():
+        t0 = time.perf_counter()
+        caches[name] = JudgeCache(judge)
+        raw = _raw_leakage(caches[name], victims)
+        info["candidates"][name] = {"describe": judge.describe(), "raw_images": _short(raw),
+                                    "seconds": round(time.perf_counter() - t0, 1)}
+    # the strongest on the raw faces; max() keeps the first of equals, and dlib comes first
+    chosen = max(candidates, key=lambda n: _strength(info["candidates"][n]["raw_images"]))
+    info["chosen"] = chosen
+    raw = info["candidates"][chosen]["raw_images"]
+    if spec != "auto":
+        info["why"] = f"requested with --judge {spec}"
+    elif len(candidates) == 1:
+        info["why"] = (f"dlib is not available ({info.get('dlib_unavailable')}), so the RGB model trained in this run "
+                       "judges (the attacks never see it)")
+    else:
+        other = next(n for n in candidates if n != chosen)
+        o = info["candidates"][other]["raw_images"]
+        info["why"] = (f"it recognises the raw held-out faces best (TPR@1e-3 {_f(raw.get(tpr_key(LEAKAGE_FPR)))}, "
+                       f"rank-1 {_f(raw.get('rank1'))}; {other}: {_f(o.get(tpr_key(LEAKAGE_FPR)))}, "
+                       f"{_f(o.get('rank1'))}); a weaker judge would under-report leakage")
+    return caches[chosen], info
+
+
+def _short(leak: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in leak.items() if not isinstance(v, (dict, list))}
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "n/m"
+
+
+def attack_config(plan: Plan, steps: int, seed: int) -> Any:
+    """The quickstart's small attack budget: every analytic fill, a short learned decoder and a
+    short linkage network (the judge's embedding regressed from the protected tensor), by an
+    attacker without the frontend's secret (the server or an eavesdropper; ``facepriv attack
+    --knowledge both`` also runs the attacker who knows it). Confidence intervals over victims
+    use ``plan.bootstrap`` replicates."""
+    from facepriv.eval.attacks.analytic import FILLS
+    from facepriv.eval.attacks.learned import LearnedConfig
+    from facepriv.eval.attacks.linkage import LinkageConfig
+    from facepriv.eval.attacks.runner import AttackConfig
+
+    short = {"steps": steps, "batch_size": 16, "width": 24, "warmup": max(1, min(50, steps // 10)),
+             "checkpoint_every": max(steps, 1), "seed": seed}
+    return AttackConfig(attacks=list(ATTACKS), knowledge="public", fills=list(FILLS), victim_batch=16,
+                        grid_victims=plan.grid_victims, seed=seed, progress=False, bootstrap=plan.bootstrap,
+                        learned=LearnedConfig(depth=3, **short), linkage=LinkageConfig(depth=3, **short))
+
+
+def attack_frontend(name: str, model_file: str | Path, attack_data: dict[str, Any], cache: Any, config: Any,
+                    out: Path, on_samples: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Every configured attack against the frontend of ``model_file``; the runner's result dict."""
+    from facepriv.eval.attacks.metrics import json_safe
+    from facepriv.eval.attacks.runner import run_attacks
+    from facepriv.models import FaceRecognizer
+
+    frontend = FaceRecognizer.load(model_file).frontend
+    res = run_attacks(frontend, attack_data["aux"], attack_data["victims"], judge_cache=cache, config=config,
+                      out=out / "attacks" / name, on_samples=on_samples)
+    res["model"] = name
+    res["data_overlap_check"] = attack_data["overlap_check"]
+    return json_safe(res)
+
+
+def leakage_summary(attack: dict[str, Any] | None, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The best attack per knowledge level (TPR@1e-3 with its confidence interval, PSNR, SSIM),
+    as the frontier reads it, plus the operating point used and the best attack's figure there.
+
+    Only attacks answering "is this the victim?" against the victim's *raw* photos count
+    (``linkage/protected``, which links two protected queries, is reported in attack.md).
+    """
+    from facepriv.eval.experiments.results import leakage_row
+
+    if attack is None:
+        return None
+    row = leakage_row(attack)
+    fpr = LEAKAGE_FPR if raw.get(tpr_key(LEAKAGE_FPR)) is not None else FALLBACK_FPR
+    best: tuple[float, dict[str, Any]] | None = None
+    for r in attack.get("results", []):
+        if r.get("task", RAW_GALLERY_TASK) != RAW_GALLERY_TASK:
+            continue
+        v = (r.get("identity") or {}).get(tpr_key(fpr))
+        if v is not None and (best is None or v > best[0]):
+            best = (float(v), r)
+    for level, r in ((lv, row[lv]) for lv in ("public", "secret") if lv in row):
+        match = next((x for x in attack.get("results", []) if x.get("attack") == r["best_attack"]
+                      and x.get("knowledge") == level and x.get("task", RAW_GALLERY_TASK) == RAW_GALLERY_TASK), None)
+        ci = (((match or {}).get("identity") or {}).get("ci") or {}).get(tpr_key(LEAKAGE_FPR))
+        if ci:
+            r["tpr@1e-3_ci"] = ci
+    row["fpr"] = fpr
+    row["best_reconstruction"] = _best_reconstruction(attack, fpr)
+    if best is None:
+        row["best"] = {"tpr": None, "attack": None, "ci": None}
+    else:
+        ident = best[1].get("identity") or {}
+        row["best"] = {"tpr": best[0], "attack": f"{best[1]['attack']} [{best[1]['knowledge']}]",
+                       "ci": (ident.get("ci") or {}).get(tpr_key(fpr)), "rank1": ident.get("rank1")}
+    return row
+
+
+def _best_reconstruction(attack: dict[str, Any], fpr: float) -> str | None:
+    """The reconstruction (an attack with an image output) that leaks the most identity,
+    ``"<attack> [<knowledge>]"``: what the grid shows (linkage outputs no face)."""
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        v = (r.get("identity") or {}).get(tpr_key(fpr))
+        return (-1.0 if v is None else float(v), ((r.get("image") or {}).get("ssim_luma") or {}).get("mean") or -1.0)
+
+    rows = [r for r in attack.get("results", []) if r.get("image") and r.get("task", RAW_GALLERY_TASK) == RAW_GALLERY_TASK]
+    if not rows:
+        return None
+    best = max(rows, key=key)
+    return f"{best['attack']} [{best['knowledge']}]"
+
+
+def write_attack_report(attacks: dict[str, dict[str, Any]], judge_info: dict[str, Any], out: Path) -> Path:
+    """``attacks/attack.json`` and ``attacks/attack.md``: every attack's numbers, per frontend."""
+    from facepriv.eval.attacks.report import write_report
+
+    report = {"runs": list(attacks.values()), "judge": judge_info["candidates"][judge_info["chosen"]]["describe"],
+              "judge_choice": judge_info}
+    paths = write_report(json.loads(json.dumps(report, default=str)), out / "attacks")
+    return paths["markdown"]
