@@ -22,10 +22,13 @@ The attack (Geiping et al.): optimise dummy inputs so that the update they would
 points the same way as the observed one — ``1 - cos(update(dummy), observed)`` — plus a
 total-variation prior, with Adam. The site's local steps are unrolled differentiably
 (``torch.func.functional_call``); with DP the attacker applies the known clipping but cannot
-know the noise. Dummies live where the model's input lives: for the RGB frontend the image
-itself (``sigmoid``-bounded); for DCT-domain frontends the protected tensor (one row per
-training view), which the attacker then turns into a face through its view of the frontend
-(placement, the views of one image merged) and the analytic ``lstsq`` inversion.
+know the noise. Where the dummies live depends on the frontend: for a frontend whose output
+is a fixed function of the image (RGB, DCT) they are images (``sigmoid``-bounded, passed
+through the differentiable frontend); for PartialFace (random training views) and DCTDP
+(random noise) they are the protected tensor itself (one row per training view, a TV prior
+on each standardised channel map), which the attacker then turns into a face through its
+view of the frontend (placement, the views of one image merged) and the analytic ``lstsq``
+inversion.
 
 Reconstructions are judged like every other attack (PSNR/SSIM against the originals,
 identity by the judge against the victims' galleries). Without labels (``head="unknown"``,
@@ -148,6 +151,15 @@ def site_model(frontend: nn.Module, cfg: GradientConfig, calibration: Tensor | N
         fe.eval()
         model.calibrate_input_norm([calibration])
     return model
+
+
+def image_space(frontend: nn.Module) -> bool:
+    """Can dummies be images? Only when the frontend's training-mode output is a fixed
+    function of the image (RGB, DCT); PartialFace's training views and DCTDP's noise are
+    random draws of the site, so their dummies live in the protected tensor instead."""
+    from facepriv.frontends import DCTFrontend, RGBFrontend
+
+    return isinstance(frontend, (RGBFrontend, DCTFrontend))
 
 
 def _head(cfg: GradientConfig, dim: int, classes: int) -> nn.Module:
@@ -357,7 +369,7 @@ def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfi
     model = model.cpu()
     level = "secret" if has_secret(frontend) else "public"  # the server builds the model: it knows the secret
     view: AttackerView = build_view(model.frontend, level).fit(aux_images)
-    image_domain = view.domain == "image"
+    image_domain = image_space(model.frontend)
     out: dict[str, Any] = {
         "threat_model": ("honest-but-curious federated server: knows the global model (frontend secret included), "
                          "the training recipe and one site's update" + ("; also the site's head and labels"

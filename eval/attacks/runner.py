@@ -418,6 +418,7 @@ def _attack_level(level: str, frontend: torch.nn.Module, aux: FaceSet, stream: _
         emb = torch.cat(link)
         result["results"].append({"attack": "linkage", "knowledge": level, "task": "probe vs raw gallery",
                                   **scorer.embeddings(emb, fuse_as=(level, "linkage")),
+                                  "judge_agreement": scorer.agreement(emb),
                                   "seconds": round(seconds["linkage"], 2), "training": linker.history})
         if cfg.linkage.protected_gallery:
             t = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from facepriv.eval.attacks.data import VictimSplit
@@ -95,6 +96,17 @@ class Scorer:
         if fuse_as is not None and gallery is None:
             self._fusable.setdefault(fuse_as[0], {})[fuse_as[1]] = scores
         return {"image": None, "identity": ident}
+
+    def agreement(self, emb: Tensor) -> dict[str, float]:
+        """How well attack embeddings reproduce the judge on the victims' *original* probes:
+        mean cosine, and how often a probe's embedding is nearest to its own original among
+        all probes' originals (chance ``1 / probes``)."""
+        assert self.cache is not None
+        raw = self.cache.embed("probes", self.victims.probes, self.progress)
+        sim = emb.float() @ raw.float().T
+        return {"mean_cosine": float(sim.diagonal().mean()),
+                "original_rank1": float((sim.argmax(1) == torch.arange(sim.shape[0])).float().mean()),
+                "chance": 1.0 / max(1, sim.shape[0])}
 
     def best_per_victim(self, level: str) -> dict[str, Any] | None:
         """Leakage of the best attack per victim among the fused rows of ``level`` (None if none)."""

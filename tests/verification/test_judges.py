@@ -159,3 +159,67 @@ def test_identity_leakage_small_sets_and_bad_input():
         identity_leakage(torch.tensor([[2.0, 0.0]]), [0], g, [0, 1, 2])
     with pytest.raises(ValueError, match="no gallery image"):
         identity_leakage(_unit([[1, 0]]), [7], g, [0, 1, 2])
+
+
+# ------------------------------------------------------------------------------ confidence intervals, fusion
+def _noisy_set(noise: float, seed: int, n: int = 60, per: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    centres = F.normalize(torch.from_numpy(np.random.default_rng(0).standard_normal((n, 32))), dim=1)
+    gallery_ids = torch.arange(n).repeat_interleave(per)
+    gallery = F.normalize(centres[gallery_ids] + noise * torch.from_numpy(rng.standard_normal((n * per, 32))), dim=1)
+    probes = F.normalize(centres + noise * torch.from_numpy(rng.standard_normal((n, 32))), dim=1)
+    return probes, torch.arange(n), gallery, gallery_ids
+
+
+def test_weighted_bootstrap_pairs_follow_the_tpr_at_fpr_rules():
+    from facepriv.judges.leakage import _WeightedPairs, leakage_scores
+
+    probes, pid, gallery, gid = _noisy_set(0.35, 1)
+    pairs = _WeightedPairs(leakage_scores(probes, pid, gallery, gid))
+    w = np.random.default_rng(3).multinomial(60, np.full(60, 1 / 60))
+    idx = torch.from_numpy(np.repeat(np.arange(60), w))
+    dup = identity_leakage(probes[idx], pid[idx], gallery, gid)  # the replicate, written out
+    for target, key in ((1e-3, "tpr_at_fpr_1e-3"), (1e-2, "tpr_at_fpr_1e-2")):
+        assert pairs.tpr(w, target) == dup[key]
+        assert pairs.tpr(np.ones(60, dtype=np.int64), target) == identity_leakage(probes, pid, gallery, gid)[key]
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_narrow_with_victims():
+    probes, pid, gallery, gid = _noisy_set(0.35, 2)
+    r = identity_leakage(probes, pid, gallery, gid, bootstrap=300, seed=5)
+    assert r["bootstrap"]["replicates"] == 300 and r["bootstrap"]["level"] == 0.95
+    for key in ("tpr_at_fpr_1e-3", "tpr_at_fpr_1e-2", "rank1"):
+        lo, hi = r["ci"][key]
+        assert lo <= r[key] <= hi and hi > lo
+    assert identity_leakage(probes, pid, gallery, gid, bootstrap=300, seed=5)["ci"] == r["ci"]  # seeded
+    big = identity_leakage(*_noisy_set(0.35, 2, n=240), bootstrap=300, seed=5)
+    width = lambda res: res["ci"]["rank1"][1] - res["ci"]["rank1"][0]  # noqa: E731
+    assert width(big) < width(r)
+    # a figure that is not measurable has no interval
+    small = identity_leakage(*_noisy_set(0.35, 2, n=8), bootstrap=50)
+    assert small["tpr_at_fpr_1e-3"] is None and small["ci"]["tpr_at_fpr_1e-3"] is None
+    with pytest.raises(ValueError, match="bootstrap"):
+        identity_leakage(probes, pid, gallery, gid, bootstrap=-1)
+
+
+def test_best_attack_per_victim_fuses_at_an_honest_operating_point():
+    from facepriv.judges.leakage import fuse_scores, fused_leakage, leakage_from_scores, leakage_scores
+
+    a = leakage_scores(*_noisy_set(0.45, 3, n=200))
+    b = leakage_scores(*_noisy_set(0.45, 4, n=200))  # as good, independent errors
+    junk = leakage_scores(*_noisy_set(5.0, 5, n=200))  # a useless attack
+    single = leakage_from_scores(a)
+    # one attack: the rank transform keeps every decision, so nothing changes
+    solo = fused_leakage({"a": a})
+    for key in ("tpr_at_fpr_1e-3", "tpr_at_fpr_1e-2", "rank1"):
+        assert solo[key] == single[key]
+    both = fused_leakage({"a": a, "b": b})
+    assert both["tpr_at_fpr_1e-2"] > max(single["tpr_at_fpr_1e-2"], leakage_from_scores(b)["tpr_at_fpr_1e-2"])
+    assert both["best_attack_counts"]["a"] + both["best_attack_counts"]["b"] == 200
+    # the union is held to the FPR: the fused operating point admits at most 1 % of impostors
+    fused, _ = fuse_scores([a, b, junk])
+    op = fused_leakage({"a": a, "b": b, "junk": junk})["verification"]["tpr_at_fpr_0.01"]
+    imp = fused.verification[~fused.same]
+    assert (imp >= op["threshold"]).mean() <= 0.01
+    with pytest.raises(ValueError, match="same probes"):
+        fuse_scores([a, leakage_scores(*_noisy_set(0.45, 3, n=100))])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from facepriv.data import SyntheticFaces, write_folder
+from facepriv.judges import Judge
 
 SIZE = 32
 
@@ -38,3 +39,24 @@ def face_folders(tmp_path_factory):
     write_folder(root / "aux", 30, 3, seed=0, image_size=SIZE, progress=False)
     write_folder(root / "victims", 10, 3, seed=0, image_size=SIZE, first_identity=500, progress=False)
     return root
+
+
+class PixelJudge(Judge):
+    """A judge that needs no download and whose embedding is a fixed function of the face:
+    a random projection of the 8 x 8 mean-pooled, mean-removed image. Enough to test what an
+    attack carries over (it is not a face recogniser: identity figures on it mean little)."""
+
+    kind = "pixels"
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.w = torch.randn(3 * 8 * 8, 32, generator=torch.Generator().manual_seed(0))
+
+    def _embed_batch(self, images: torch.Tensor) -> torch.Tensor:
+        p = torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
+        return (p - p.mean(1, keepdim=True)) @ self.w
+
+
+@pytest.fixture(scope="session")
+def pixel_judge() -> PixelJudge:
+    return PixelJudge()
