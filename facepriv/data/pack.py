@@ -211,6 +211,9 @@ class Pack:
                 raise PackError(f"{f}: {f.stat().st_size} bytes, manifest says {want['bytes']} (truncated or replaced)")
             if verify and _sha256(f) != want["sha256"]:
                 raise PackError(f"{f}: SHA-256 differs from the manifest (corrupt or replaced)")
+        if "image_size" not in self.manifest:  # packs written before the key existed: the property file
+            _, h, w = (int(v) for v in (self.root / "property").read_text().split(","))
+            self.manifest["image_size"] = [h, w]
 
     @property
     def teacher_id(self) -> str:

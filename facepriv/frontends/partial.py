@@ -209,7 +209,8 @@ class PartialFace(Frontend):
         g = self._train_generator
         # r distinct allowed subsets per image: a random ordering of the allowed list, first r.
         order = torch.rand(b, self.subsets_per_identity, generator=g).argsort(dim=1)[:, :r]
-        allowed = self.allowed_subsets(labels.cpu())
+        # the draws live on the CPU with their generator; the table may sit on a GPU
+        allowed = self.allowed_subsets(labels.cpu()).cpu()
         subset = torch.gather(allowed, 1, order).reshape(-1)
         perm = torch.randint(self.n_permutations, (b * r,), generator=g)
         return subset, perm
