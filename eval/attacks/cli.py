@@ -95,7 +95,7 @@ def build_parser(prog: str = "facepriv attack") -> argparse.ArgumentParser:
     atk.add_argument("--grad-head", default=None, choices=["known", "unknown"],
                      help="gradient inversion: does the server know the site's head and labels (default known)")
     atk.add_argument("--grad-steps", type=int, default=None, help="gradient inversion: optimisation steps (default 300)")
-    atk.add_argument("--grad-victims", type=int, default=None, help="gradient inversion: victims used as site images (default 16)")
+    atk.add_argument("--grad-victims", type=int, default=None, help="gradient inversion: victims used as site images (default 8)")
     atk.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates of the confidence intervals (default 1000; 0: none)")
     atk.add_argument("--config", help="YAML with AttackConfig fields (nested analytic/learned/optimisation/linkage/"
                                       "recovery/gradient); flags override it")

@@ -110,7 +110,7 @@ class GradientConfig:
     dp: list[DPSpec | None] = field(default_factory=lambda: [None, DPSpec(1.0, 1.0)])
     site_lr: float = 0.1
     head_knowledge: str = "known"
-    max_victims: int = 16
+    max_victims: int = 8
     steps: int = 300
     lr: float = 0.1
     tv_weight: float = 1e-2
@@ -235,7 +235,11 @@ def site_update(model: nn.Module, head: nn.Module, images: Tensor, labels: Tenso
     model.train()
     head.train()
     with torch.no_grad():
-        rows = model.protect(images, labels)  # the frontend's training-mode output (views, noise)
+        # the frontend's training-mode output (views, noise), computed on the CPU where its
+        # generators live, then moved to the model's device
+        fe, dev = model.frontend, images.device
+        rows = fe.cpu()(images.cpu(), labels.cpu()).to(dev)
+        fe.to(dev)
     row_labels = model.expand_labels(labels)
     params = {n: t.detach() for n, t in _shared(model).items()}
     for t in params.values():
@@ -245,7 +249,8 @@ def site_update(model: nn.Module, head: nn.Module, images: Tensor, labels: Tenso
 
     def noise(t: Tensor) -> Tensor:
         assert site.dp is not None
-        return torch.randn(t.shape, generator=g, dtype=t.dtype) * (site.dp.noise_multiplier * site.dp.clip)
+        # drawn on the CPU from g (the same stream on any device), then moved
+        return torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) * (site.dp.noise_multiplier * site.dp.clip)
 
     delta = _unrolled_update(loss, params, hparams, rows, row_labels, site, groups=images.shape[0],
                              create_graph=False, noise=noise)
@@ -275,19 +280,20 @@ def invert_update(model: nn.Module, head: nn.Module | None, observed: dict[str, 
     else protected rows ``(n * views, *row_shape)`` — and loss information.
     """
     g = torch.Generator().manual_seed(cfg.seed * 7919 + 11)
+    dev = next(model.parameters()).device
     params = {n: t.detach().requires_grad_(True) for n, t in _shared(model).items()}
     known = head is not None
     hparams = {n: t.detach().requires_grad_(True) for n, t in head.named_parameters()} if known else {}
     rows = n_images * views
     if image_domain:
-        w = (torch.randn(n_images, 3, image_size, image_size, generator=g) * 0.1).requires_grad_(True)
+        w = (torch.randn(n_images, 3, image_size, image_size, generator=g) * 0.1).to(dev).requires_grad_(True)
     else:
         scale = model.input_norm.std.detach().view(1, -1, 1, 1) if model.input_norm is not None else 1.0
         mean = model.input_norm.mean.detach().view(1, -1, 1, 1) if model.input_norm is not None else 0.0
-        w = (torch.randn(rows, *row_shape, generator=g) * 0.5).requires_grad_(True)  # standardised units
+        w = (torch.randn(rows, *row_shape, generator=g) * 0.5).to(dev).requires_grad_(True)  # standardised units
     free = [w]
     if not known:
-        gvec = torch.randn(rows, int(model.backbone.config["embedding_size"]), generator=g).requires_grad_(True)
+        gvec = torch.randn(rows, int(model.backbone.config["embedding_size"]), generator=g).to(dev).requires_grad_(True)
         free.append(gvec)
     opt = torch.optim.Adam(free, lr=cfg.lr)
     model.train()
@@ -353,20 +359,23 @@ def _align(recon: Tensor, originals: Tensor) -> Tensor:
 
 def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfig, *, aux_images: Tensor,
                            score: Callable[[Tensor, Tensor, str], dict[str, Any]], model: nn.Module | None = None,
-                           analytic: AnalyticConfig | None = None, progress: bool = False) -> dict[str, Any]:
+                           analytic: AnalyticConfig | None = None, device: str | torch.device = "cpu",
+                           progress: bool = False) -> dict[str, Any]:
     """Attack one site's update for every configured setting; returns JSON-able results.
 
     ``victims``: a ``VictimSplit`` (its first ``cfg.max_victims`` probes are the sites'
     local images); ``aux_images``: the attacker's faces (uint8), for the input
     standardisation and the view; ``score(reconstructions, originals_index, label)``: the
-    runner's scorer (image metrics and identity with confidence intervals).
+    runner's scorer (image metrics and identity with confidence intervals). ``device``:
+    where the site's training and the attack's unrolled copies of it run.
     """
     n = min(cfg.max_victims, int(victims.probes.shape[0]))
     originals = victims.probes[:n].float() / 255.0
     size = int(originals.shape[-1])
     calib = aux_images[: min(64, aux_images.shape[0])].float() / 255.0
     model = model if model is not None else site_model(frontend, cfg, calib, size)
-    model = model.cpu()
+    dev = torch.device(device)
+    model = model.to(dev)
     level = "secret" if has_secret(frontend) else "public"  # the server builds the model: it knows the secret
     view: AttackerView = build_view(model.frontend, level).fit(aux_images)
     image_domain = image_space(model.frontend)
@@ -384,7 +393,8 @@ def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfi
         for start in range(0, n, site.batch_size):
             x = originals[start : start + site.batch_size]
             b = x.shape[0]
-            labels = torch.arange(b)
+            labels = torch.arange(b, device=dev)
+            x = x.to(dev)
             head = _head(cfg, int(model.backbone.config["embedding_size"]), max(cfg.batch_sizes))
             observed, rows = site_update(model, head, x, labels, site, g)
             views = rows.shape[0] // b
@@ -397,8 +407,8 @@ def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfi
                 placed = merge_views(view.place(dummies), views)
                 rec = analytic_invert(placed, "lstsq", view.stats, analytic or AnalyticConfig())
             if cfg.head_knowledge == "unknown" and b > 1:
-                rec = _align(rec, x)
-            recon_parts.append(rec.clamp(0, 1))
+                rec = _align(rec.cpu(), x.cpu())
+            recon_parts.append(rec.detach().cpu().clamp(0, 1))
             infos.append(info["final"])
         recon = torch.cat(recon_parts)
         row = {"site": {**asdict(site), "label": site.label()}, **score(recon, originals, f"gradient[{site.label()}]"),

@@ -258,7 +258,7 @@ def run_attacks(
             return scorer.images(recon, orig, label, probes=slice(0, recon.shape[0]))
 
         grad = run_gradient_inversion(frontend, victims, cfg.gradient, aux_images=aux.images, score=score, model=model,
-                                      analytic=cfg.analytic, progress=cfg.progress)
+                                      analytic=cfg.analytic, device=device, progress=cfg.progress)
         grad_samples = grad.pop("_samples", {})
         result["gradient"] = grad
         if out_dir is not None and grid_n and grad_samples:
