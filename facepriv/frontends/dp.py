@@ -422,6 +422,8 @@ class DCTDP(Frontend):
                        "attained by a corner image; clamping never changes an exact coefficient" % self.upsample,
                 "min": float(sens.min()), "max": float(sens.max()), "mean": float(sens.mean()),
                 "fraction_of_analytic_mean": float((bounds / analytic_ac_bounds().double().view(-1, 1, 1)).mean()),
+                # bounds at float-rounding level: the coefficient is 0 for every image (its functional is 0)
+                "identically_zero_fraction": float((bounds < 1e-9 * float(bounds.max())).double().mean()),
             })
         elif self.clip == "analytic":
             sensitivity.update({
