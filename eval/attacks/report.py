@@ -1,11 +1,15 @@
 """Report files for attacks: ``attack.json`` (everything), ``attack.md`` (tables), PNG grids.
 
-The markdown is written for a security review: one table per frontend with a row per attack
-and knowledge level (PSNR, SSIM, verification TPR at FPR 1e-3 / 1e-2, rank-1), preceded by
-the two reference rows every number should be read against — the raw images (what an
-unprotected system leaks) and the naive rendering of the protected tensor — and a summary of
-the worst case per frontend (the best attack on each metric), since a defender is only as
-strong as the strongest attack tried.
+The markdown is written for a security review. It opens with the headline — per frontend and
+knowledge level, the best attack per victim (the union of all attacks held to the stated
+FPR) — and the worst case per frontend (the best single attack on each metric), since a
+defender is only as strong as the strongest attack tried. Then one table per frontend with a
+row per attack and knowledge level (PSNR, SSIM, verification TPR at FPR 1e-3 / 1e-2, rank-1,
+each identity figure with its bootstrap interval), preceded by the two reference rows every
+number should be read against — the raw images (what an unprotected system leaks) and the
+naive rendering of the protected tensor — and followed by what the attacker's views placed
+correctly, each learned network's budget and convergence check, the table-recovery curve and
+the gradient-inversion table.
 """
 
 from __future__ import annotations
