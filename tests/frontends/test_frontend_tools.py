@@ -167,3 +167,21 @@ def test_dctdp_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     # stays exactly DP either way (any deterministic coefficient is clamped to [-D, D]).
     assert info["grid_step_flips"] <= 0.02 * 2 * 189 * 32 * 32
     assert info["max_abs_difference_vs_pytorch"] < 1e-4 * info["output_max_abs"]
+
+
+def test_checkpoint_with_a_fixed_inference_seed_is_refused(tmp_path: Path) -> None:
+    """Regression: a checkpoint's evaluation seed reached `facepriv protect` silently (a warning at most)."""
+    from facepriv.models import FaceRecognizer
+
+    model = FaceRecognizer.from_config({"frontend": {"name": "partialface", "secret_seed": 5, "inference_seed": 3},
+                                        "backbone": {"name": "iresnet18", "embedding_size": 16, "width": 0.125},
+                                        "input_norm": False})
+    ckpt = model.save(tmp_path / "model.pt")
+    src = tmp_path / "faces"
+    write_faces(src, 2)
+    with pytest.raises(SystemExit, match=f"checkpoint {ckpt}.*fixed inference_seed"):
+        cli_main(["protect", "--checkpoint", str(ckpt), "--input", str(src), "--out", str(tmp_path / "o")])
+    assert cli_main(["protect", "--checkpoint", str(ckpt), "--input", str(src), "--out", str(tmp_path / "o"),
+                     "--drop-inference-seed"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["privacy_report"]["inference_randomness"] == "OS CSPRNG (secrets)"
