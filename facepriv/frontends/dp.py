@@ -465,8 +465,11 @@ class DCTDP(Frontend):
                 if not calibrated else
                 "clip bounds calibrated on private images are stored in the model (checkpoint, device export, "
                 "clipping visible in the outputs) and are NOT accounted for: no guarantee for those images"),
-            "noise_scale": {"min": float(scales.min()), "max": float(scales.max()), "mean": float(scales.mean())},
-            "grid_step": {"min": float(params["grid"].min()), "max": float(params["grid"].max())},
+            # derived from the bounds: withheld with them when those are statistics of private images
+            "noise_scale": "withheld (derived from the calibrated bounds)" if calibrated else
+            {"min": float(scales.min()), "max": float(scales.max()), "mean": float(scales.mean())},
+            "grid_step": "withheld (derived from the calibrated bounds)" if calibrated else
+            {"min": float(params["grid"].min()), "max": float(params["grid"].max())},
             "noise_source": "seeded keystream (reproducible; never deploy)" if self.inference_seed is not None
             else "AES-256-CTR keystream keyed with 256 bits from the OS CSPRNG, fresh per call",
             "composition_note": "Each query releases a fresh noisy tensor; k queries of the same face cost k * epsilon_realised.",

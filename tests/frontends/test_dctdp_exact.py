@@ -114,6 +114,7 @@ def test_calibrated_mode_does_not_claim_dp_for_the_calibration_images() -> None:
     assert "NOT used for calibration" in report["formal_guarantee"]
     assert "NOT accounted" in report["released_statistics"]
     assert report["sensitivity"]["values"].startswith("withheld")
+    assert report["noise_scale"].startswith("withheld") and report["grid_step"].startswith("withheld")
     assert "bound_min" not in str(report)
 
 
