@@ -294,3 +294,12 @@ def test_continuing_may_change_execution_settings_only(tmp_path):
         _check_same_config(config_from_dict(_tiny_config([{**rows[0], "mode": "distill"}, rows[1]])), tmp_path)
     with pytest.raises(ExperimentConfigError, match=r"models/x"):
         _check_same_config(config_from_dict(_tiny_config(rows[1:])), tmp_path)
+
+
+def test_cpu_recipe_config_loads_with_a_pack():
+    """The RGB recipe config (trained from a pack) passes the training config checks."""
+    from facepriv.training.config import load_config as load_train_config
+
+    path = Path(__file__).resolve().parents[2] / "eval" / "experiments" / "configs" / "recipe_rgb_cpu.yaml"
+    cfg = load_train_config(path, ["data.path=/x/train.rec", "distill.teacher=pack:/x"])
+    assert cfg.data.format == "recordio" and cfg.distill.enabled and cfg.model["width"] == 0.25
