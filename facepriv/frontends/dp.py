@@ -12,7 +12,7 @@ Mechanism, for one image x and every released element i (AC channel c, block pos
 * The DC coefficient of every block is removed (189 of 192 channels remain).
 * ``clamp`` bounds the change of ``K_i`` under replacement of the whole image by ``2 D_i``
   grid steps, so element i is ``eps'_i = 2 D_i ln 2 / LEVEL + kappa <= eps_i``-DP (pure, delta = 0;
-  ``kappa`` ~ 1e-6 is the exactly measured deviation of the tabulated sampler, see
+  ``kappa`` ~ 2e-5 is the exactly measured deviation of the tabulated sampler, see
   :mod:`facepriv.frontends.laplace`) and the released tensor is ``sum eps'_i <= eps_total``-DP by
   basic composition. The noise is, to within one grid step, Laplace with scale ``2 B_i / eps_i``.
 * With ``clip: exact`` the clamp never changes an exact coefficient (``B_i`` is the true range,

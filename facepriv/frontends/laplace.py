@@ -14,7 +14,7 @@ Here every released element is an *integer on a grid* plus *integer* noise, comp
 to tabulated rounding of its probabilities, which is *measured exactly* when the tables are
 built: every realised probability is within a factor ``[1 + eta_min, 1 + eta_max]`` of the
 ideal one, so the implemented mechanism is pure ``(2 D ln 2 / LEVEL + kappa)``-DP with
-``kappa = ln((1 + eta_max) / (1 + eta_min))`` (about 1e-6) and **delta = 0**: the support is all
+``kappa = ln((1 + eta_max) / (1 + eta_min))`` (about 2e-5) and **delta = 0**: the support is all
 integers (no truncation; the level count below is an unbounded geometric draw).
 
 Sampling, from uniform 32-bit words (the bit source is the caller's: a CSPRNG keystream on
@@ -22,7 +22,7 @@ CPU, see :mod:`facepriv.frontends.randomness`):
 
 * ``Z`` has a *head* ``|z| < H = LEVEL * HEAD_LEVELS`` whose probabilities are tabulated as
   integer counts out of 2^32, and a *tail* ``|z| >= H`` (count = the rest).
-* Fast path (~99 % of draws): 16 random bits pick one of 65536 cells of that 32-bit layout;
+* Fast path (98.9 % of draws): 16 random bits pick one of 65536 cells of that 32-bit layout;
   a cell that lies inside a single head outcome *is* that outcome (one table lookup).
 * A cell containing an outcome boundary draws 16 more bits and locates the exact 32-bit
   position; a tail position draws ``|Z| - H = L * LEVEL + R`` by memorylessness of the
@@ -44,8 +44,8 @@ from torch import Tensor
 
 #: The pmf halves every LEVEL grid steps (q = 2^(-1/LEVEL)); the noise std is ~ sqrt(2) * LEVEL / ln 2 steps.
 LEVEL = 32
-#: Levels of the head (tabulated outcomes |z| < LEVEL * HEAD_LEVELS).
-HEAD_LEVELS = 8
+#: Levels of the head (tabulated outcomes |z| < LEVEL * HEAD_LEVELS); the tail is 0.1 % of draws.
+HEAD_LEVELS = 10
 CELL_BITS = 16
 #: Largest integer half-range D used (K = k + Z stays exactly representable in float32 on the fast path).
 MAX_HALF_RANGE = 2**24 - 2**9
@@ -62,6 +62,12 @@ class DiscreteLaplaceTables:
     fast: Tensor  # float32 (2^16,): by virtual cell: the value of a pure head cell (0 for the others)
     physical_cell: Tensor  # int64 (2^16,): the layout cell of each virtual cell
     n_pure: int  # virtual cells [0, n_pure) are pure; [n_pure, 2^16) need the exact path
+    # for the impure virtual cells (index v - n_pure): one head boundary at 16-bit offset
+    # ``split`` between outcomes ``below`` and ``above`` (``simple``), else the full search
+    split: Tensor  # int64
+    below: Tensor  # float64
+    above: Tensor  # float64
+    simple: Tensor  # bool
     head_values: Tensor  # float64 (n_head,): head outcomes in layout order (-H+1 .. H-1)
     head_cum: Tensor  # int64 (n_head + 1,): 32-bit layout boundaries; [n_head] = start of the tail
     tail_r_cum: Tensor  # int64 (LEVEL + 1,): 32-bit layout of R in [0, LEVEL)
@@ -112,16 +118,30 @@ def tables() -> DiscreteLaplaceTables:
     # Virtual cells: a fixed relabelling of the 2^16 cells (uniform stays uniform) that puts the
     # pure ones first, so "needs the exact path" is one comparison on the 16-bit draw itself.
     order = np.argsort(~pure, kind="stable")
+    impure = order[int(pure.sum()):].astype(np.int64) << (32 - CELL_BITS)
+    lo_i = np.searchsorted(cum, impure, side="right") - 1
+    hi_i = np.searchsorted(cum, impure + (1 << (32 - CELL_BITS)) - 1, side="right") - 1
+    simple = (hi_i == lo_i + 1) & (hi_i < len(z))  # one boundary, both sides in the head
     return DiscreteLaplaceTables(
         fast=torch.from_numpy(fast[order]),
         physical_cell=torch.from_numpy(order.astype(np.int64)),
         n_pure=int(pure.sum()),
+        split=torch.from_numpy(np.where(simple, cum[np.minimum(hi_i, len(z))] - impure, 0).astype(np.int64)),
+        below=torch.from_numpy(z[np.minimum(lo_i, len(z) - 1)].astype(np.float64)),
+        above=torch.from_numpy(z[np.minimum(hi_i, len(z) - 1)].astype(np.float64)),
+        simple=torch.from_numpy(simple),
         head_values=torch.from_numpy(z.astype(np.float64)),
         head_cum=torch.from_numpy(head_cum.astype(np.int64)),
         tail_r_cum=torch.from_numpy(r_cum.astype(np.int64)),
         eta_min=float(ratios.min() - 1.0),
         eta_max=float(ratios.max() - 1.0),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _split_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    t = tables()
+    return t.split.to(device), t.below.to(device), t.above.to(device), t.simple.to(device)
 
 
 @functools.lru_cache(maxsize=8)
@@ -151,15 +171,26 @@ def _leading_zero_count(words: WordSource, n: int, device: torch.device) -> Tens
 
 
 def _slow_values(cells: Tensor, words: WordSource) -> Tensor:
-    """Exact draws for the (virtual) cells the fast table cannot settle: 16 more bits, then the tail if there."""
+    """Exact draws for the (virtual) cells the fast table cannot settle: 16 more bits, then the tail if there.
+
+    A cell with one head boundary compares the 16 bits with it; the others (tail cells, the cell
+    holding the head/tail boundary, cells with several boundaries) search the 32-bit layout.
+    """
     device = cells.device
     _, head_values, head_cum, r_cum, physical = _tables_on(device)
+    split, below, above, simple = _split_on(device)
     low = _unsigned(words(cells.numel())) & ((1 << (32 - CELL_BITS)) - 1)
-    position = (physical[cells.long()] << (32 - CELL_BITS)) | low  # the 32-bit layout position
+    j = cells.long() - tables().n_pure
+    values = torch.where(low < split[j], below[j], above[j])
+    deep = (~simple[j]).nonzero().squeeze(1)
+    if not deep.numel():
+        return values
+    position = (physical[cells.long()[deep]] << (32 - CELL_BITS)) | low[deep]  # the 32-bit layout position
     index = torch.searchsorted(head_cum, position, right=True) - 1
     n_head = head_values.numel()
-    values = head_values[index.clamp(max=n_head - 1)]
-    tail = index >= n_head
+    values[deep] = head_values[index.clamp(max=n_head - 1)]
+    tail = torch.zeros_like(values, dtype=torch.bool)
+    tail[deep] = index >= n_head
     if bool(tail.any()):
         m = int(tail.sum())
         levels = _leading_zero_count(words, m, device)
