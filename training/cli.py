@@ -3,10 +3,10 @@
 The same command runs in one process or under torchrun; every rank parses the same
 arguments, rank 0 picks the run folder and tells the others::
 
-    facepriv train training/configs/rgb_iresnet18.yaml --out runs/rgb
-    torchrun --standalone --nproc_per_node 8 -m facepriv.training.cli training/configs/ms1mv2_r100_pfc.yaml --out runs/r100
+    facepriv train rgb_iresnet18 --out runs/rgb          # a shipped config, by name
+    torchrun --standalone --nproc_per_node 8 -m facepriv.training.cli ms1mv2_r100_pfc --out runs/r100
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m facepriv.training.cli training/configs/ms1mv2_r100_pfc.yaml --out /shared/runs/r100
+        -m facepriv.training.cli ms1mv2_r100_pfc --out /shared/runs/r100
 
 ``python -m facepriv.training.cli`` accepts the config directly or after the word ``train``.
 """
@@ -30,15 +30,18 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
         description="Train a face recognition model (frontend + backbone + margin head) from a YAML config. "
         "Runs in one process (CPU or one GPU) or under torchrun (DDP: NCCL on GPUs, gloo on CPU).",
         epilog="Examples:\n"
-        "  facepriv train training/configs/tiny_cpu.yaml --out runs/tiny\n"
+        "  facepriv train --list-configs                               # the shipped configs, by name\n"
+        "  facepriv train tiny_cpu --out runs/tiny\n"
         "  facepriv train cfg.yaml --set optim.lr=0.05 --set data.batch_size=64\n"
         "  facepriv train cfg.yaml --out runs/tiny --resume          # continue the newest checkpoint\n"
         "  facepriv train new.yaml --resume runs/tiny --fork --out runs/tiny-lr  # continue with new settings\n"
         "  torchrun --standalone --nproc_per_node 4 -m facepriv.training.cli cfg.yaml --out runs/ddp\n"
-        "See docs/training.md for multi-node / SLURM recipes and the config reference.",
+        "See docs/training.md (in the source repository) for multi-node / SLURM recipes and the config reference.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML config file (see training/configs/)")
+    p.add_argument("config", nargs="?",
+                   help="YAML config file, or the name of a shipped config (list them with --list-configs)")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configs (usable by name) and exit")
     p.add_argument("--out", help="run folder (default: output_dir from the config, else runs/<name>-<timestamp>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue from a checkpoint: no value = the newest complete checkpoint in --out "
@@ -60,6 +63,17 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
     return p
 
 
+def _config_summary(path: Path) -> str:
+    """One line for --list-configs: the config's leading comment (its own description)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line:
+            break
+    return ""
+
+
 def _setup_logging(quiet: bool, rank: int) -> None:
     level = logging.WARNING if quiet or rank != 0 else logging.INFO
     logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
@@ -69,10 +83,21 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # `python -m facepriv.training.cli train cfg.yaml`
         argv = argv[1:]
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.list_configs:
+        from .shipped import shipped_configs
+
+        for name, path in shipped_configs().items():
+            print(f"{name:<36} {_config_summary(path)}")
+        return 0
+    if args.config is None:
+        parser.error("give a config (a YAML file or a shipped name; see --list-configs)")
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        from .shipped import resolve_config
+
+        cfg = load_config(resolve_config(args.config), args.overrides)
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
