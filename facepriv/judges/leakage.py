@@ -44,12 +44,12 @@ from torch import Tensor
 from facepriv.verification.metrics import allowed_false_accepts, tpr_at_fpr
 
 __all__ = ["REPORT_FPRS", "LeakageScores", "fuse_scores", "fused_leakage", "identity_leakage", "leakage_from_scores",
-           "leakage_scores"]
+           "leakage_scores", "tpr_key"]
 
 REPORT_FPRS: tuple[float, ...] = (1e-3, 1e-2)
 
 
-def _tpr_key(target: float) -> str:
+def tpr_key(target: float) -> str:
     """Top-level key of a TPR figure (``tpr_at_fpr_1e-3``), as the report tables read it."""
     return f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
 
@@ -153,13 +153,13 @@ def _bootstrap(s: LeakageScores, fpr_targets: Sequence[float], replicates: int, 
     hits = _rank1_hits(s)
     rng = np.random.default_rng(seed)
     n = s.n_probes
-    draws: dict[str, list[float | None]] = {_tpr_key(t): [] for t in fpr_targets}
+    draws: dict[str, list[float | None]] = {tpr_key(t): [] for t in fpr_targets}
     draws["rank1"] = []
     for start in range(0, replicates, 64):
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(64, replicates - start)).astype(np.int64)  # (b, P)
         draws["rank1"] += list((w @ hits) / n)
         for t in fpr_targets:
-            draws[_tpr_key(t)] += [pairs.tpr(row, t) for row in w]
+            draws[tpr_key(t)] += [pairs.tpr(row, t) for row in w]
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     ci: dict[str, Any] = {}
     for key, vals in draws.items():
@@ -189,7 +189,7 @@ def leakage_from_scores(s: LeakageScores, *, fpr_targets: Sequence[float] = REPO
         "n_genuine_pairs": int(gen.size),
         "n_impostor_pairs": int(imp.size),
         "verification": verification,
-        **{_tpr_key(t): op.tpr for t, op in zip(fpr_targets, ops)},
+        **{tpr_key(t): op.tpr for t, op in zip(fpr_targets, ops)},
         "rank1": float(_rank1_hits(s).mean()) if s.n_probes else None,
         "rank5": float((rank < 5).mean()) if s.n_probes else None,
         "chance_rank1": 1.0 / max(1, n_ids),
