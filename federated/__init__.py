@@ -3,7 +3,8 @@
 Layout: ``arrays`` (what travels, screening, averaging), ``momentum`` (client-side momentum
 buffers: reset or PFM's global momentum), ``strategies`` (robust FedAvg / FedAvgM / PFM),
 ``site`` (a site's data and persistent state), ``client_app`` / ``server_app`` (Flower apps),
-``fv`` (FedFace federated validation of aggregation weights), ``simulate`` (Ray
+``fv`` (FedFace federated validation of aggregation weights), ``protocol`` (message keys,
+record <-> arrays), ``settings`` (``FedSettings``, from which CLI flags and run-config keys derive), ``simulate`` (Ray
 simulation: ``from facepriv.federated.simulate import simulate``; not re-exported, because the name
 would shadow the submodule), ``deploy`` (test certificates), ``cli`` (``facepriv fed``).
 See docs/federated.md.
@@ -30,7 +31,7 @@ _EXPORTS = {
     "separation_score": "facepriv.federated.fv",
     "combine_scores": "facepriv.federated.fv",
     "FVRound": "facepriv.federated.fv",
-    "FedSettings": "facepriv.federated.server_app",
+    "FedSettings": "facepriv.federated.settings",
     "run_server": "facepriv.federated.server_app",
     "make_server_app": "facepriv.federated.server_app",
     "make_client_app": "facepriv.federated.client_app",

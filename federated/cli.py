@@ -14,9 +14,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .aggregators import AGGREGATORS
+from .settings import FedSettings, add_settings_arguments, cli_values
 
-FRONTENDS = ("rgb", "dct", "partialface", "dctdp")
+
+def _frontend_names() -> list[str]:
+    from facepriv.frontends import FRONTENDS
+
+    return sorted(FRONTENDS)
+
+
+def _fed_frontend_options(frontend: str) -> dict[str, Any]:
+    """Options of the default federated frontend config: one protected view per image for
+    frontends that can draw several (PartialFace, MinusFace): the tiny federated default trades
+    the extra views' augmentation for ``sample_multiplier`` times cheaper local steps."""
+    import inspect
+
+    from facepriv.frontends import FRONTENDS
+
+    params = inspect.signature(FRONTENDS[frontend].__init__).parameters
+    return {"sample_multiplier": 1} if "sample_multiplier" in params else {}
 
 
 def default_train_config(image_size: int, frontend: str, model: str, width: float, batch_size: int, lr: float,
@@ -25,7 +41,7 @@ def default_train_config(image_size: int, frontend: str, model: str, width: floa
     return {
         "name": "federated", "seed": seed, "device": device,
         "data": {"format": "synthetic", "image_size": image_size, "batch_size": batch_size, "num_workers": 0},
-        "frontend": {"name": frontend, **({"sample_multiplier": 1} if frontend == "partialface" else {})},
+        "frontend": {"name": frontend, **_fed_frontend_options(frontend)},
         # BatchNorm: with GroupNorm(2) these small models sat on the ArcFace plateau (held-out AUC
         # 0.53 after 384 steps vs 0.78 after 256 with BatchNorm, measured on synthetic faces);
         # --dp-sgd switches to GroupNorm, which Opacus needs.
@@ -40,11 +56,11 @@ def default_train_config(image_size: int, frontend: str, model: str, width: floa
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.json, verification.png)")
+    """``FedSettings``' own flags (derived from its fields), then the flags that build its
+    dict-valued fields: the training config (``--config``/``--set`` or the tiny default) and
+    the data specs (``--data`` ...), and ``--clients`` (the node counts)."""
+    add_settings_arguments(p)
     p.add_argument("--clients", type=int, default=4, help="number of sites (simulation: virtual SuperNodes)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--strategy", choices=("fedavg", "fedavgm", "pfm"), default="pfm")
-    p.add_argument("--local-steps", type=int, default=5, help="trainer steps per site per round")
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' or an identity-folder dataset, partitioned by identity over the sites "
                         "(a held-out set of identities is used for verification)")
@@ -53,47 +69,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-identities", type=int, default=16, help="held-out identities for verification (0: none)")
     p.add_argument("--config", type=Path, help="training YAML (model/head/optim/frontend); default: a tiny model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the training config")
-    p.add_argument("--frontend", choices=FRONTENDS, default="rgb")
+    p.add_argument("--frontend", choices=_frontend_names(), default="rgb")
     p.add_argument("--model", default="mobilefacenet")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--image-size", type=int, default=32, help="face size (frequency frontends: multiple of 8)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--min-train-replies", type=int, default=1, help="valid site updates needed to change the model")
-    p.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for sites each round")
-    p.add_argument("--max-update-norm", type=float, default=None, help="reject updates farther than this from the sent model")
-    p.add_argument("--max-examples", type=float, default=None,
-                   help="largest aggregation weight (num-examples) of one site per round; larger reports are clipped "
-                        "(default: local-steps x batch size, plus 4 sigma of Poisson sampling under --dp-sgd)")
-    p.add_argument("--aggregator", choices=AGGREGATORS, default="mean",
-                   help="how accepted updates are combined: the num-examples-weighted mean, or robust to a minority "
-                        "of poisoning sites: coordinate-wise median, trimmed mean, norm clipping (docs/federated.md)")
-    p.add_argument("--trim-fraction", type=float, default=0.2,
-                   help="trimmed-mean: fraction of the sites' values cut at each end of every coordinate")
-    p.add_argument("--clip-norm", type=float, default=None,
-                   help="norm-clip: largest L2 distance from the sent model a site's update keeps")
-    p.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM server momentum")
-    p.add_argument("--client-dp-noise", type=float, default=None,
-                   help="Flower client-level DP: noise multiplier (enables fixedclipping_mod; fedavg/fedavgm only)")
-    p.add_argument("--client-dp-clip", type=float, default=1.0, help="client-level DP: clipping norm of a site's update")
     p.add_argument("--dp-sgd", action="store_true", help="record-level DP-SGD (Opacus) inside every site")
-    p.add_argument("--fv-candidates", type=int, default=0, metavar="K",
-                   help="FedFace federated validation: each round, K candidate aggregation weightings (sample "
-                        "counts, uniform, Dirichlet draws) are scored by the sites on held-out identities and the "
-                        "best is kept (0: off; not with --client-dp-noise)")
-    p.add_argument("--fv-val-identities", type=int, default=2,
-                   help="identities each site holds out of training to score FV candidates (>= 2)")
-    p.add_argument("--fv-concentration", type=float, default=2.0,
-                   help="Dirichlet concentration of the random FV candidates (larger: closer to sample counts)")
-    p.add_argument("--no-resume", action="store_true", help="start from round 1 even if --out has checkpoints")
 
 
-def build_settings(args: argparse.Namespace) -> Any:
+def build_settings(args: argparse.Namespace) -> FedSettings:
     from facepriv.training.config import apply_overrides, config_to_dict, load_config
-
-    from .server_app import FedSettings
 
     if args.config is not None:
         cfg = config_to_dict(load_config(args.config, args.set))
@@ -126,16 +113,10 @@ def build_settings(args: argparse.Namespace) -> Any:
         if n_eval >= 2:
             held_out = {"format": "folder", "path": str(root), "identities_list": eval_names}
     cfg["data"]["image_size"] = size
-    return FedSettings(
-        train_config=cfg, out=str(args.out), strategy=args.strategy, rounds=args.rounds, local_steps=args.local_steps,
-        min_train_nodes=args.clients, min_available_nodes=args.clients, min_train_replies=args.min_train_replies,
-        round_timeout=args.round_timeout, max_update_norm=args.max_update_norm, max_examples=args.max_examples,
-        aggregator=args.aggregator, trim_fraction=args.trim_fraction, clip_norm=args.clip_norm,
-        server_momentum=args.server_momentum,
-        data=data, eval_data=held_out, client_dp_noise=args.client_dp_noise, client_dp_clip=args.client_dp_clip,
-        fv_candidates=args.fv_candidates, fv_val_identities=args.fv_val_identities,
-        fv_concentration=args.fv_concentration, resume=not args.no_resume, seed=args.seed,
-    )
+    values = cli_values(args)
+    return FedSettings.from_dict({**values, "train_config": cfg, "min_train_nodes": args.clients,
+                                  "min_available_nodes": args.clients, "data": data, "eval_data": held_out},
+                                 where="facepriv fed")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -180,8 +161,9 @@ def main(argv: list[str] | None = None, prog: str = "facepriv fed") -> int:
         return 0
     settings = build_settings(args)
     if args.command == "settings":
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "settings.json"
+        out = Path(settings.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "settings.json"
         path.write_text(settings.to_json())
         print(f"wrote {path}")
         return 0
@@ -200,7 +182,8 @@ def main(argv: list[str] | None = None, prog: str = "facepriv fed") -> int:
         print("no site update was accepted in any round; the global model never changed. First reason: "
               f"{str(reasons[0])[-500:] if reasons else 'unknown'}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out / 'metrics.json'}, {args.out / 'verification.png'}, {args.out / 'global.pt'}")
+    out = Path(settings.out)
+    print(f"wrote {out / 'metrics.json'}, {out / 'verification.png'}, {out / 'global.pt'}")
     return 0
 
 

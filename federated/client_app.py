@@ -34,16 +34,13 @@ from flwr.clientapp import ClientApp
 
 from .arrays import load_frontend_buffers, load_shared_state, shared_keys, shared_state
 from .momentum import group_lrs, install_momentum, require_pfm_optimizer, shared_parameters
-from .fv import CANDIDATE_PREFIX, EXAMPLES_KEY, FV_ACTION, FV_VAL_KEY, SCORES_KEY, separation_score
+from .fv import separation_score
+from . import protocol as P
 from .site import (HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, site_validation_images,
                    state_file, unpack)
-from .strategies import LR_SUM_PREFIX, MOMENTUM_KEY, numpy_to_record, record_to_numpy
+from .protocol import message_config, numpy_to_record, record_to_numpy
 
 log = logging.getLogger(__name__)
-
-
-def _config(msg: Message) -> dict[str, Any]:
-    return dict(msg.content.config_records.get("config", ConfigRecord()))
 
 
 def build_site_trainer(cfg_dict: dict[str, Any], data_spec: dict[str, Any], context: Context,
@@ -135,20 +132,20 @@ def _persist(trainer: Any, context: Context) -> None:
 
 def train_round(msg: Message, context: Context) -> RecordDict:
     """Run this site's local training for one round; returns the reply content."""
-    conf = _config(msg)
-    cfg_dict = json.loads(str(conf["train-config"]))
-    data_spec = json.loads(str(conf.get("data", "{}")))
-    steps = int(conf.get("local-steps", 1))
-    strategy = str(conf.get("strategy", "fedavg"))
-    arrays = record_to_numpy(msg.content["arrays"])
+    conf = message_config(msg)
+    cfg_dict = json.loads(str(conf[P.TRAIN_CONFIG]))
+    data_spec = json.loads(str(conf.get(P.DATA, "{}")))
+    steps = int(conf.get(P.LOCAL_STEPS, 1))
+    strategy = str(conf.get(P.STRATEGY, "fedavg"))
+    arrays = record_to_numpy(msg.content[P.ARRAYS])
     t0 = time.perf_counter()
     trainer, site = build_site_trainer(cfg_dict, data_spec, context, arrays,
-                                       val_identities=int(conf.get(FV_VAL_KEY, 0)))
+                                       val_identities=int(conf.get(P.FV_VAL_IDENTITIES, 0)))
     try:
         if strategy == "pfm":
             require_pfm_optimizer(trainer.optimizer)  # also in round 1, before any momentum arrives
         params = shared_parameters(trainer.recognizer, shared_keys(trainer.recognizer))
-        momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if (strategy == "pfm" and MOMENTUM_KEY in msg.content) else None
+        momentum = record_to_numpy(msg.content[P.MOMENTUM]) if (strategy == "pfm" and P.MOMENTUM in msg.content) else None
         install_momentum(trainer.optimizer, params, momentum)
         lr_sums: dict[str, float] = {}
         losses: list[float] = []
@@ -165,23 +162,23 @@ def train_round(msg: Message, context: Context) -> RecordDict:
                 lr_sums[g] = lr_sums.get(g, 0.0) + lr
         _persist(trainer, context)
         metrics: dict[str, Any] = {
-            "num-examples": int(samples), "train-loss": float(sum(losses) / len(losses)) if losses else math.nan,
-            "skipped-steps": int(skipped), "local-steps": int(steps),
-            "train-time-s": time.perf_counter() - t0,
+            P.NUM_EXAMPLES: int(samples), P.TRAIN_LOSS: float(sum(losses) / len(losses)) if losses else math.nan,
+            P.SKIPPED_STEPS: int(skipped), P.LOCAL_STEPS: int(steps),
+            P.TRAIN_TIME_S: time.perf_counter() - t0,
         }
         for g, v in lr_sums.items():
-            metrics[LR_SUM_PREFIX + g] = v
+            metrics[P.LR_SUM_PREFIX + g] = v
         # 1 when this site calibrated the input standardiser on its own images this round (its
         # mean/std travel in the reply); 0 when it arrived calibrated (under DP: by the server)
         received = arrays.get("input_norm.calibrated")
-        metrics["input-norm-from-site-data"] = int(received is not None and not bool(received)
+        metrics[P.INPUT_NORM_FROM_SITE] = int(received is not None and not bool(received)
                                                    and bool(trainer.recognizer.input_norm.calibrated))
         eps = trainer.epsilon()
         if eps is not None:
-            metrics["dp-epsilon"] = float(eps)  # record-level epsilon spent at this site so far
+            metrics[P.DP_EPSILON] = float(eps)  # record-level epsilon spent at this site so far
         reply = shared_state(trainer.recognizer)
-        return RecordDict({"arrays": numpy_to_record({k: v.numpy() for k, v in reply.items()}),
-                           "metrics": MetricRecord(metrics)})
+        return RecordDict({P.ARRAYS: numpy_to_record({k: v.numpy() for k, v in reply.items()}),
+                           P.METRICS: MetricRecord(metrics)})
     finally:
         trainer.close()
 
@@ -189,14 +186,14 @@ def train_round(msg: Message, context: Context) -> RecordDict:
 def evaluate_round(msg: Message, context: Context) -> RecordDict:
     """Mean training-objective loss of the global backbone with this site's head, on a few
     local batches (no update): a cheap health signal when the server holds no data."""
-    conf = _config(msg)
-    cfg_dict = json.loads(str(conf.get("train-config", "{}"))) if "train-config" in conf else None
-    if cfg_dict is None:
-        raise ValueError("evaluate message carries no train-config")
-    trainer, site = build_site_trainer(cfg_dict, json.loads(str(conf.get("data", "{}"))), context,
-                                       record_to_numpy(msg.content["arrays"]), val_identities=int(conf.get(FV_VAL_KEY, 0)))
+    conf = message_config(msg)
+    if P.TRAIN_CONFIG not in conf:
+        raise ValueError(f"evaluate message carries no {P.TRAIN_CONFIG}")
+    trainer, site = build_site_trainer(json.loads(str(conf[P.TRAIN_CONFIG])), json.loads(str(conf.get(P.DATA, "{}"))),
+                                       context, record_to_numpy(msg.content[P.ARRAYS]),
+                                       val_identities=int(conf.get(P.FV_VAL_IDENTITIES, 0)))
     try:
-        batches = int(conf.get("eval-batches", 2))
+        batches = int(conf.get(P.EVAL_BATCHES, 2))
         total, n = 0.0, 0
         trainer.recognizer.eval()
         with torch.no_grad():
@@ -210,7 +207,8 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
                 loss, _ = trainer._forward_loss(images_to_float(bb.images.to(trainer.device)), bb.labels.to(trainer.device), bb.indices)
                 total += float(loss) * int(bb.labels.numel())
                 n += int(bb.labels.numel())
-        return RecordDict({"metrics": MetricRecord({"num-examples": max(n, 1), "eval-loss": total / max(n, 1), "site": site})})
+        return RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: max(n, 1), P.EVAL_LOSS: total / max(n, 1),
+                                                       P.SITE: site})})
     finally:
         trainer.close()
 
@@ -230,19 +228,19 @@ def validate_round(msg: Message, context: Context) -> RecordDict:
     from facepriv.training.config import config_from_dict
     from facepriv.training.rng import derive_seed
 
-    conf = _config(msg)
-    if "train-config" not in conf:
-        raise ValueError("federated-validation message carries no train-config")
-    k = int(conf.get("fv-candidates", 0))
-    missing = [j for j in range(k) if f"{CANDIDATE_PREFIX}{j}" not in msg.content]
+    conf = message_config(msg)
+    if P.TRAIN_CONFIG not in conf:
+        raise ValueError(f"federated-validation message carries no {P.TRAIN_CONFIG}")
+    k = int(conf.get(P.FV_CANDIDATES, 0))
+    missing = [j for j in range(k) if P.candidate_key(j) not in msg.content]
     if k < 1 or missing:
-        raise ValueError(f"federated-validation message: fv-candidates={k}, missing candidate records {missing[:5]}")
-    cfg = config_from_dict(json.loads(str(conf["train-config"])))
-    val_ids = int(conf.get(FV_VAL_KEY, 0))
-    images, labels, site = site_validation_images(json.loads(str(conf.get("data", "{}"))), context.node_config,
+        raise ValueError(f"federated-validation message: {P.FV_CANDIDATES}={k}, missing candidate records {missing[:5]}")
+    cfg = config_from_dict(json.loads(str(conf[P.TRAIN_CONFIG])))
+    val_ids = int(conf.get(P.FV_VAL_IDENTITIES, 0))
+    images, labels, site = site_validation_images(json.loads(str(conf.get(P.DATA, "{}"))), context.node_config,
                                                   cfg.data.image_size, val_ids)
     device = torch.device(cfg.device if cfg.device != "auto" else "cpu")
-    seed = derive_seed("fv", cfg.seed, site, int(conf.get("server-round", 0))) % (2**31)
+    seed = derive_seed("fv", cfg.seed, site, int(conf.get(P.SERVER_ROUND, 0))) % (2**31)
     scores: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -254,10 +252,10 @@ def validate_round(msg: Message, context: Context) -> RecordDict:
         x = images_to_float(images.to(device))
         y = labels.to(device)
         for j in range(k):
-            load_shared_state(model, record_to_numpy(msg.content[f"{CANDIDATE_PREFIX}{j}"]))
+            load_shared_state(model, record_to_numpy(msg.content[P.candidate_key(j)]))
             torch.manual_seed(seed)  # same global-RNG randomness for every candidate
             scores.append(separation_score(model.embed(x, batch_size=max(1, int(cfg.data.batch_size))), y))
-    return RecordDict({"metrics": MetricRecord({SCORES_KEY: scores, EXAMPLES_KEY: int(labels.numel()), "site": site})})
+    return RecordDict({P.METRICS: MetricRecord({P.FV_SCORES: scores, P.NUM_EXAMPLES: int(labels.numel()), P.SITE: site})})
 
 
 def make_client_app(*, client_dp: bool = False) -> ClientApp:
@@ -278,7 +276,7 @@ def make_client_app(*, client_dp: bool = False) -> ClientApp:
     def _evaluate(msg: Message, context: Context) -> Message:
         return Message(evaluate_round(msg, context), reply_to=msg)
 
-    @app.query(FV_ACTION)
+    @app.query(P.FV_ACTION)
     def _validate(msg: Message, context: Context) -> Message:
         return Message(validate_round(msg, context), reply_to=msg)
 

@@ -30,17 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Flower message type of the FV exchange (routed to ``@app.query("fv")`` on the sites).
-FV_ACTION = "fv"
-FV_MESSAGE_TYPE = f"query.{FV_ACTION}"
-#: RecordDict key of candidate ``j`` in an FV message: ``f"{CANDIDATE_PREFIX}{j}"``.
-CANDIDATE_PREFIX = "fv-candidate-"
-#: MetricRecord keys of an FV reply: K scores (higher is better) and the validation images used.
-SCORES_KEY = "fv-scores"
-EXAMPLES_KEY = "num-examples"
-#: ConfigRecord key (train, evaluate and FV messages): validation identities each site holds
-#: out of training (0 when FV is off, so sites train on all their identities).
-FV_VAL_KEY = "fv-val-identities"
+from .protocol import FV_SCORES, NUM_EXAMPLES
+
 
 
 def candidate_weights(sample_weights: Sequence[float], k: int, *, seed: int | Sequence[int] = 0,
@@ -151,17 +142,17 @@ class FVRound:
 
 def parse_scores(metrics: Mapping[str, Any], k: int) -> tuple[list[float], int]:
     """``(K finite scores, validation images)`` of one FV reply; ``ValueError`` saying why not."""
-    if SCORES_KEY not in metrics:
-        raise ValueError(f"reply has no {SCORES_KEY!r}")
-    raw = metrics[SCORES_KEY]
+    if FV_SCORES not in metrics:
+        raise ValueError(f"reply has no {FV_SCORES!r}")
+    raw = metrics[FV_SCORES]
     scores = [float(x) for x in (raw if isinstance(raw, (list, tuple)) else [raw])]
     if len(scores) != k:
         raise ValueError(f"{len(scores)} scores for {k} candidates")
     if not all(np.isfinite(scores)):
         raise ValueError(f"non-finite score(s): {scores}")
-    n = float(metrics.get(EXAMPLES_KEY, 0))
+    n = float(metrics.get(NUM_EXAMPLES, 0))
     if not (np.isfinite(n) and n > 0):
-        raise ValueError(f"invalid {EXAMPLES_KEY}={n}")
+        raise ValueError(f"invalid {NUM_EXAMPLES}={n}")
     return scores, int(n)
 
 

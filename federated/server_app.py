@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,65 +33,13 @@ from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
-from .fv import FV_VAL_KEY
+from . import protocol as P
 from .site import pack, unpack
-from .strategies import build_strategy, numpy_to_record, record_to_numpy
+from .protocol import numpy_to_record, record_to_numpy
+from .settings import FedSettings, settings_from_run_config
+from .strategies import build_strategy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FedSettings:
-    """Everything one federated run needs; sent to clients as part of each train config."""
-
-    train_config: dict[str, Any]
-    out: str
-    strategy: str = "fedavg"
-    rounds: int = 3
-    local_steps: int = 5
-    #: sites per round: all connected ones (fraction 1.0) but at least ``min_train_nodes``.
-    min_train_nodes: int = 2
-    min_available_nodes: int = 2
-    fraction_train: float = 1.0
-    #: valid updates needed to move the global model (a round completes with fewer: it keeps
-    #: the previous model).
-    min_train_replies: int = 1
-    #: seconds to wait for replies per round; late sites are dropped from the round.
-    round_timeout: float = 600.0
-    max_update_norm: float | None = None
-    #: largest aggregation weight (reported num-examples) of one site per round; None: what
-    #: one site can train on in a round, local_steps x the train config's batch size.
-    max_examples: float | None = None
-    #: how screened updates are combined: mean | median | trimmed-mean | norm-clip
-    #: (facepriv.federated.aggregators); trim_fraction / clip_norm parametrise the last two.
-    aggregator: str = "mean"
-    trim_fraction: float = 0.2
-    clip_norm: float | None = None
-    server_momentum: float = 0.9
-    server_learning_rate: float = 1.0
-    #: data spec sent to clients (simulation); deployment sites use node-config data-path.
-    data: dict[str, Any] = field(default_factory=lambda: {"format": "synthetic"})
-    #: held-out identities for server-side verification after each round (None: skip).
-    eval_data: dict[str, Any] | None = None
-    #: Flower client-level DP (server wrapper + client fixedclipping_mod): noise multiplier,
-    #: clipping norm of each site's whole update.
-    client_dp_noise: float | None = None
-    client_dp_clip: float = 1.0
-    #: FedFace federated validation: candidate aggregation weightings per round (0: off).
-    fv_candidates: int = 0
-    #: identities every site holds out of training to score the candidates (FV only).
-    fv_val_identities: int = 2
-    #: spread of the Dirichlet candidates around the sample-count weights (larger: closer).
-    fv_concentration: float = 2.0
-    resume: bool = True
-    seed: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> FedSettings:
-        return cls(**json.loads(text))
 
 
 # --------------------------------------------------------------------------- model / eval
@@ -397,9 +345,9 @@ def run_server(grid: Grid, settings: FedSettings) -> list[dict[str, Any]]:
     if verifier is not None and start == 1:
         history.append({"round": 0, "verification": verifier(model)["flat"]})
 
-    base_config = {"train-config": json.dumps(cfg_dict), "data": json.dumps(settings.data),
-                   "local-steps": int(settings.local_steps),
-                   FV_VAL_KEY: int(settings.fv_val_identities) if settings.fv_candidates > 0 else 0}
+    base_config = {P.TRAIN_CONFIG: json.dumps(cfg_dict), P.DATA: json.dumps(settings.data),
+                   P.LOCAL_STEPS: int(settings.local_steps),
+                   P.FV_VAL_IDENTITIES: int(settings.fv_val_identities) if settings.fv_candidates > 0 else 0}
     for rnd in range(start, settings.rounds + 1):
         row = run_round(grid, strategy, model, rnd, base_config, settings.round_timeout)
         if verifier is not None:
@@ -471,7 +419,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSetting
         for k, v in (row.get("verification") or {}).items():
             if k.startswith("tpr@") or k == "auc":
                 series.setdefault(k, {})[int(row["round"])] = float(v)
-        for key in ("train-loss", "fv-score"):
+        for key in (P.TRAIN_LOSS, "fv-score"):
             value = (row.get("train") or {}).get(key)
             if value is not None:
                 series.setdefault(key, {})[int(row["round"])] = float(value)
@@ -491,30 +439,6 @@ def make_server_app(settings: FedSettings) -> ServerApp:
         run_server(grid, settings)
 
     return app
-
-
-def settings_from_run_config(run_config: dict[str, Any]) -> FedSettings:
-    """Deployment: ``[tool.flwr.app.config]`` / ``flwr run --run-config`` keys -> settings.
-
-    ``settings-file`` names a JSON file with the full FedSettings (written by
-    ``facepriv fed simulate --write-settings``); individual keys override it.
-    """
-    data: dict[str, Any] = {}
-    if run_config.get("settings-file"):
-        data = json.loads(Path(str(run_config["settings-file"])).read_text())
-    if run_config.get("train-config-yaml"):
-        from facepriv.training.config import config_to_dict, load_config
-
-        data["train_config"] = config_to_dict(load_config(str(run_config["train-config-yaml"])))
-    for key in ("strategy", "rounds", "local-steps", "min-train-nodes", "min-available-nodes", "min-train-replies",
-                "round-timeout", "out", "max-update-norm", "server-momentum", "fv-candidates", "fv-val-identities",
-                "max-examples", "aggregator", "trim-fraction", "clip-norm"):
-        if run_config.get(key) not in (None, "", 0, 0.0):
-            data[key.replace("-", "_")] = run_config[key]
-    if "train_config" not in data:
-        raise ValueError("run config needs settings-file or train-config-yaml")
-    data.setdefault("out", "runs/federated")
-    return FedSettings(**data)
 
 
 app = ServerApp()

@@ -46,39 +46,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from .aggregators import Aggregator
 from .arrays import FRONTEND_PREFIX, is_float_array, screen_update
-from .fv import CANDIDATE_PREFIX, FV_MESSAGE_TYPE, FVRound, candidate_weights, combine_scores, parse_scores
+from .fv import FVRound, candidate_weights, combine_scores, parse_scores
+from .protocol import (ARRAYS, CONFIG, FV_CANDIDATES, FV_MESSAGE_TYPE, LR_SUM_PREFIX, METRICS, MOMENTUM, NUM_EXAMPLES,
+                       SERVER_ROUND, STRATEGY, candidate_key, numpy_to_record, record_to_numpy)
 
 log = logging.getLogger(__name__)
 
-#: RecordDict key of PFM's broadcast global momentum (train messages only).
-MOMENTUM_KEY = "pfm-momentum"
-#: MetricRecord keys clients report: sum over local steps of each param group's lr.
-LR_SUM_PREFIX = "lr-sum-"
 
 
 def param_group_of(key: str) -> str:
     """The trainer's param group of a shared parameter (``facepriv.training.components.param_groups``)."""
     return "frontend" if key.startswith(FRONTEND_PREFIX) else "backbone"
-
-
-def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v.numpy()) for k, v in record.items()}
-
-
-def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """``arrays`` as C-contiguous Flower Arrays, 0-d arrays kept 0-d.
-
-    ``np.ascontiguousarray`` would turn a 0-d array (``input_norm.calibrated``, BatchNorm's
-    ``num_batches_tracked``) into shape ``(1,)``, and the site's ``load_shared_state`` then
-    (rightly) refuses the shape change.
-    """
-    return ArrayRecord(array_dict={k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 @dataclass
@@ -146,6 +130,10 @@ class RobustFedAvg(FedAvg):
                  trim_fraction: float = 0.2, clip_norm: float | None = None, fv_candidates: int = 0,
                  fv_concentration: float = 2.0, fv_seed: int = 0, fv_timeout: float | None = None,
                  param_keys: Sequence[str] = (), **kwargs: Any) -> None:
+        # the message keys are the protocol's (Flower's defaults today, pinned here so they cannot drift)
+        kwargs.setdefault("weighted_by_key", NUM_EXAMPLES)
+        kwargs.setdefault("arrayrecord_key", ARRAYS)
+        kwargs.setdefault("configrecord_key", CONFIG)
         super().__init__(**kwargs)
         if min_train_replies < 1:
             raise ValueError("min_train_replies must be >= 1")
@@ -180,7 +168,7 @@ class RobustFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.sent = record_to_numpy(arrays)
-        config["strategy"] = self.name
+        config[STRATEGY] = self.name
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._grid = grid
         self._round_config = dict(config)
@@ -262,7 +250,7 @@ class RobustFedAvg(FedAvg):
                 continue
             try:
                 arrays = record_to_numpy(msg.content[self.arrayrecord_key])
-                metrics = dict(msg.content.metric_records.get("metrics", MetricRecord()))
+                metrics = dict(msg.content.metric_records.get(METRICS, MetricRecord()))
             except Exception as exc:  # noqa: BLE001 - malformed reply: exclude, never crash
                 report.rejected[node] = f"malformed reply: {exc}"
                 log.warning("round %d: node %d sent a malformed reply (%s); excluded", server_round, node, exc)
@@ -364,7 +352,7 @@ class RobustFedAvg(FedAvg):
                 log.warning("round %d: node %d failed federated validation: %s", server_round, node, msg.error.reason)
                 continue
             try:
-                scores, n_val = parse_scores(dict(msg.content.metric_records.get("metrics", MetricRecord())), k)
+                scores, n_val = parse_scores(dict(msg.content.metric_records.get(METRICS, MetricRecord())), k)
             except Exception as exc:  # noqa: BLE001 - a bad reply is ignored, never fatal
                 fv.ignored[node] = str(exc)
                 log.warning("round %d: FV reply of node %d ignored: %s", server_round, node, exc)
@@ -390,8 +378,8 @@ class RobustFedAvg(FedAvg):
         """One ``query.fv`` message per contributing site carrying all K candidate models."""
         if self._grid is None:
             raise RuntimeError("federated validation needs the Grid given to configure_train")
-        config = ConfigRecord({**self._round_config, "server-round": server_round, "fv-candidates": len(candidates)})
-        content = RecordDict({f"{CANDIDATE_PREFIX}{j}": numpy_to_record(c) for j, c in enumerate(candidates)})
+        config = ConfigRecord({**self._round_config, SERVER_ROUND: server_round, FV_CANDIDATES: len(candidates)})
+        content = RecordDict({candidate_key(j): numpy_to_record(c) for j, c in enumerate(candidates)})
         content[self.configrecord_key] = config
         messages = [Message(content=content, message_type=FV_MESSAGE_TYPE, dst_node_id=int(n)) for n in nodes]
         return list(self._grid.send_and_receive(messages, timeout=self.fv_timeout))
@@ -472,7 +460,7 @@ class PFM(RobustFedAvg):
     def extra_train_records(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
         if self.momentum is None:  # round 1: fresh buffers (torch's buf = g, i.e. centralised step 1)
             return {}
-        return {MOMENTUM_KEY: numpy_to_record(self.momentum)}
+        return {MOMENTUM: numpy_to_record(self.momentum)}
 
     def screen_metrics(self, metrics: Mapping[str, Any]) -> str | None:
         for group in self.lr_groups:

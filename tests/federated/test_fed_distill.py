@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 
-from facepriv.federated.strategies import numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 
 def test_sites_distil_from_their_own_cached_teacher_embeddings(task_identity, tmp_path):

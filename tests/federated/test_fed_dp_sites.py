@@ -14,7 +14,7 @@ pytest.importorskip("flwr.app")
 pytest.importorskip("opacus")
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 
-from facepriv.federated.strategies import numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 DATA = json.dumps({"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})
 

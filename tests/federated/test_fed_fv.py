@@ -17,15 +17,10 @@ import torch
 flwr_app = pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from facepriv.federated.fv import (  # noqa: E402
-    CANDIDATE_PREFIX,
-    FV_MESSAGE_TYPE,
-    SCORES_KEY,
-    candidate_weights,
-    combine_scores,
-    separation_score,
-)
-from facepriv.federated.strategies import PFM, RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.fv import candidate_weights, combine_scores, separation_score  # noqa: E402
+from facepriv.federated.protocol import CANDIDATE_PREFIX, FV_MESSAGE_TYPE, FV_SCORES  # noqa: E402
+from facepriv.federated.strategies import PFM, RobustFedAvg, RobustFedAvgM  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 # ----------------------------------------------------------------------------- pure parts
 
@@ -135,7 +130,7 @@ class Sites:
             scores[1] = float("nan")
         if behaviour == "short":
             scores = scores[:-1]
-        return Message(RecordDict({"metrics": MetricRecord({SCORES_KEY: scores, "num-examples": 12})}), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord({FV_SCORES: scores, "num-examples": 12})}), reply_to=msg)
 
 
 def run_rounds(strategy, sites: Sites, fake_grid, rounds: int = 1, start: np.ndarray | None = None):
@@ -320,14 +315,14 @@ def test_site_scores_candidates_on_held_out_identities_and_replies_scalars_only(
     reply = validate_round(fv_msg, ctx)
     assert list(reply.array_records) == [] and list(reply.config_records) == []  # scalars only
     m = reply["metrics"]
-    scores = m[SCORES_KEY]
+    scores = m[FV_SCORES]
     assert len(scores) == 3 and all(np.isfinite(scores)) and all(-2 <= s <= 2 for s in scores)
     assert scores[0] == scores[2]
     assert m["num-examples"] == 2 * 3
     # the ClientApp routes "query.fv" to it
     app = make_client_app()
     out = app(fv_msg, ctx)
-    assert out.content["metrics"][SCORES_KEY] == scores
+    assert out.content["metrics"][FV_SCORES] == scores
     # a site without enough identities for FV fails loudly (its FV reply is an error, ignored upstream)
     bad = {**conf, "data": json.dumps({**data, "ids_per_client": 2}), "fv-candidates": 3}
     with pytest.raises(ValueError, match="holds out 2"):

@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # 
 from facepriv.federated.arrays import (  # noqa: E402
     load_frontend_buffers, load_shared_state, shared_keys, shared_state, state_to_numpy,
 )
-from facepriv.federated.strategies import numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 FRONTEND = {"name": "minusface", "secret_seed": 21, "train_seed": 2, "sample_multiplier": 1, "generator_width": 4}
 

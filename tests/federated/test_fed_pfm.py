@@ -9,7 +9,8 @@ from torch import nn
 
 from facepriv.federated.arrays import shared_state
 from facepriv.federated.momentum import group_lrs, install_momentum
-from facepriv.federated.strategies import MOMENTUM_KEY, PFM, numpy_to_record, record_to_numpy
+from facepriv.federated.strategies import PFM
+from facepriv.federated.protocol import MOMENTUM, numpy_to_record, record_to_numpy
 
 flwr_app = pytest.importorskip("flwr.app")
 Message, MetricRecord, RecordDict, ConfigRecord = flwr_app.Message, flwr_app.MetricRecord, flwr_app.RecordDict, flwr_app.ConfigRecord
@@ -35,7 +36,7 @@ def client_round(msg, model: nn.Module, opt: torch.optim.Optimizer, x, y):
     with torch.no_grad():
         for k, v in record_to_numpy(msg.content["arrays"]).items():
             model.state_dict()[k].copy_(torch.from_numpy(v))
-    momentum = record_to_numpy(msg.content[MOMENTUM_KEY]) if MOMENTUM_KEY in msg.content else None
+    momentum = record_to_numpy(msg.content[MOMENTUM]) if MOMENTUM in msg.content else None
     install_momentum(opt, dict(model.named_parameters()), momentum)
     lr = group_lrs(opt)["backbone"]
     opt.zero_grad()
@@ -70,7 +71,7 @@ def test_pfm_matches_centralised_momentum_sgd(task_identity, fake_grid, sizes):
         # federated: one PFM round
         msgs = list(strategy.configure_train(r, numpy_to_record(global_arrays), ConfigRecord(), grid))
         assert len(msgs) == len(sizes)
-        assert (MOMENTUM_KEY in msgs[0].content) == (r > 1)
+        assert (MOMENTUM in msgs[0].content) == (r > 1)
         replies = [client_round(m, clients[i], client_opts[i], *batches[i]) for i, m in enumerate(msgs)]
         new, metrics = strategy.aggregate_train(r, replies)
         assert new is not None and metrics["clients-accepted"] == len(sizes)
@@ -99,7 +100,7 @@ def test_fedavg_without_momentum_broadcast_differs(task_identity, fake_grid):
         loss_fn(central, x, y).backward()
         central_opt.step()
         msg = list(strategy.configure_train(r, numpy_to_record(arrays), ConfigRecord(), fake_grid([1])))[0]
-        msg.content.pop(MOMENTUM_KEY, None)
+        msg.content.pop(MOMENTUM, None)
         new, _ = strategy.aggregate_train(r, [client_round(msg, client, opt, x, y)])
         arrays = record_to_numpy(new)
     diff = max(float(np.abs(arrays[k] - v.numpy()).max()) for k, v in central.state_dict().items())

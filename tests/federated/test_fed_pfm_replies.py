@@ -14,7 +14,8 @@ import torch
 pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from facepriv.federated.strategies import MOMENTUM_KEY, PFM, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.strategies import PFM  # noqa: E402
+from facepriv.federated.protocol import MOMENTUM, numpy_to_record, record_to_numpy  # noqa: E402
 
 LR, STEPS = 0.05, 2
 
@@ -168,7 +169,7 @@ def test_pfm_dctdp_dp_sgd_first_round(task_identity, fake_grid, tmp_path, tiny_c
     for rnd in (1, 2):
         (msg,) = strategy.configure_train(rnd, numpy_to_record(state_to_numpy(shared_state(model))), conf,
                                           fake_grid([9]))
-        assert (MOMENTUM_KEY in msg.content) == (rnd == 2)
+        assert (MOMENTUM in msg.content) == (rnd == 2)
         reply = Message(train_round(msg, ctx), reply_to=msg)
         assert "lr-sum-frontend" not in reply.content["metrics"]
         new, summary = strategy.aggregate_train(rnd, [reply])

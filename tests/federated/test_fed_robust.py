@@ -11,7 +11,8 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E4
 
 from facepriv.federated.aggregators import Aggregator, clip_to_norm  # noqa: E402
 from facepriv.federated.arrays import screen_update  # noqa: E402
-from facepriv.federated.strategies import RobustFedAvg, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.strategies import RobustFedAvg  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 
 def _global() -> dict[str, np.ndarray]:

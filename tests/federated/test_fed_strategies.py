@@ -13,7 +13,8 @@ flwr_app = pytest.importorskip("flwr.app")
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
 from facepriv.federated.arrays import screen_update, weighted_average  # noqa: E402
-from facepriv.federated.strategies import RobustFedAvg, RobustFedAvgM, numpy_to_record, record_to_numpy  # noqa: E402
+from facepriv.federated.strategies import RobustFedAvg, RobustFedAvgM  # noqa: E402
+from facepriv.federated.protocol import numpy_to_record, record_to_numpy  # noqa: E402
 
 
 def _global() -> dict[str, np.ndarray]:
