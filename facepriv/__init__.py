@@ -6,7 +6,13 @@ readers and privacy accounting. It imports with torch, numpy, scipy and opencv o
 federated (flwr), DP-SGD (opacus) and alignment (insightface) support live behind extras.
 
 The public names below are re-exported lazily so that `import facepriv` (and the CLI's
-`--help`) stay fast and a subpackage can be used without importing all the others.
+`--help`) stay fast and a subpackage can be used without importing all the others::
+
+    import facepriv
+    rec = facepriv.load("runs/pf/model.pt")
+    protected = rec.protect(faces)          # client: the only step that sees pixels
+    emb = rec.embed(protected)              # server: protected tensors only
+    same = rec.verify(emb[:1], emb[1:2])    # cosine similarity
 """
 
 from __future__ import annotations
@@ -15,19 +21,23 @@ from facepriv.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+#: The top-level API, and only it (``dir(facepriv)``): the deployed path (``load`` ->
+#: ``Recognizer.protect`` / ``.embed`` / ``.verify``) and the three jobs the CLI runs.
+#: Frontends, models, data and the rest stay importable as subpackages
+#: (``from facepriv.frontends import PartialFace``).
 _EXPORTS = {
-    "Frontend": "facepriv.frontends",
-    "RGBFrontend": "facepriv.frontends",
-    "DCTFrontend": "facepriv.frontends",
-    "PartialFace": "facepriv.frontends",
-    "DCTDP": "facepriv.frontends",
-    "block_dct": "facepriv.frontends",
-    "block_idct": "facepriv.frontends",
-    "build_frontend": "facepriv.frontends",
-    "FaceRecognizer": "facepriv.models",
-    "build_backbone": "facepriv.models",
+    "load": "facepriv.api",
+    "Recognizer": "facepriv.api",
+    "train": "facepriv.training.cli",
+    "evaluate": "facepriv.eval.api",
+    "attack": "facepriv.eval.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, _lazy_dir = lazy_exports(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    """Only the public API (subpackages, once imported, are attributes too, but not the API)."""
+    return sorted(__all__)

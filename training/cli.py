@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_config
 
@@ -63,6 +66,67 @@ def build_parser(prog: str = "facepriv train") -> argparse.ArgumentParser:
     return p
 
 
+def train(
+    config: Any,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    resume: str | None = None,
+    fork: bool = False,
+    max_steps: int | None = None,
+    stop_after_minutes: float | None = None,
+    quiet: bool = False,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Train as ``facepriv train`` does (``facepriv.train`` is this function); returns
+    ``(run_dir, summary)``, the summary ``None`` on ranks other than 0 under torchrun.
+
+    ``config``: a :class:`TrainConfig`, a YAML path or a shipped config name; ``overrides``
+    are ``--set`` strings (``"optim.lr=0.1"``). ``resume``: ``"auto"`` (newest checkpoint in
+    ``out``, a fresh start if none), a run/checkpoint folder, or ``None``. Every checkpoint
+    folder holds a ``model.pt`` that ``facepriv.load`` reads.
+    """
+    from .checkpoint import latest_checkpoint
+    from .components import default_run_dir
+    from .config import TrainConfig
+    from .distributed import broadcast_object, cleanup_distributed, init_distributed
+    from .shipped import resolve_config
+    from .trainer import Trainer
+
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise ValueError("overrides apply to a YAML config or a shipped name, not to a TrainConfig object")
+        cfg = config
+    else:
+        cfg = load_config(resolve_config(config), list(overrides))
+    if quiet:
+        cfg.logging.progress = False
+    if fork and (resume in (None, "auto") or not (out or cfg.output_dir)):
+        raise ConfigError("--fork needs --resume PATH (the checkpoint or run to fork) and --out NEW_RUN_DIR")
+    env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    _setup_logging(quiet, env.rank)
+    try:
+        out = out or cfg.output_dir
+        if resume not in (None, "auto") and out is None:
+            # resuming from a checkpoint path: keep writing into that run's folder
+            target = Path(resume)
+            out = str(target.parent.parent if (target / "shared.pt").is_file() else target)
+        run_dir = Path(out) if out else (default_run_dir(cfg.name) if env.is_main else None)
+        run_dir = Path(broadcast_object(str(run_dir)))
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log.info("run folder: %s", run_dir.resolve())
+        if resume == "auto" and latest_checkpoint(run_dir) is None:
+            # a requeued job's first attempt: nothing to resume yet, start the run
+            log.warning("--resume: no checkpoint in %s yet; starting a new run", run_dir)
+            resume = None
+        trainer = Trainer(cfg, run_dir=run_dir, resume=resume, dist_env=env, fork=fork)
+        stop = None if stop_after_minutes is None else 60.0 * stop_after_minutes
+        summary = trainer.fit(max_steps=max_steps, stop_after_s=stop)
+        return run_dir, (summary if env.is_main else None)
+    finally:
+        cleanup_distributed()
+
+
 def _config_summary(path: Path) -> str:
     """One line for --list-configs: the config's leading comment (its own description)."""
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -105,41 +169,17 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
 
         print(dump_config(cfg), end="")
         return 0
-    if args.quiet:
-        cfg.logging.progress = False
     if args.fork and (args.resume in (None, "auto") or not (args.out or cfg.output_dir)):
         print(f"{prog}: error: --fork needs --resume PATH (the checkpoint or run to fork) and --out NEW_RUN_DIR",
               file=sys.stderr)
         return 2
 
-    from .checkpoint import latest_checkpoint
-    from .components import default_run_dir
-    from .distributed import broadcast_object, cleanup_distributed, init_distributed
     from .lineage import ResumeError
-    from .trainer import Trainer
 
-    env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
-    _setup_logging(args.quiet, env.rank)
     try:
-        out = args.out or cfg.output_dir
-        if args.resume not in (None, "auto") and out is None:
-            # resuming from a checkpoint path: keep writing into that run's folder
-            target = Path(args.resume)
-            out = str(target.parent.parent if (target / "shared.pt").is_file() else target)
-        run_dir = Path(out) if out else (default_run_dir(cfg.name) if env.is_main else None)
-        run_dir = Path(broadcast_object(str(run_dir)))
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log.info("run folder: %s", run_dir.resolve())
-        resume = args.resume
-        if resume == "auto" and latest_checkpoint(run_dir) is None:
-            # a requeued job's first attempt: nothing to resume yet, start the run
-            log.warning("--resume: no checkpoint in %s yet; starting a new run", run_dir)
-            resume = None
-        trainer = Trainer(cfg, run_dir=run_dir, resume=resume, dist_env=env, fork=args.fork)
-        stop = None if args.stop_after_minutes is None else 60.0 * args.stop_after_minutes
-        summary = trainer.fit(max_steps=args.max_steps, stop_after_s=stop)
-        if env.is_main:
+        run_dir, summary = train(cfg, out=args.out, resume=args.resume, fork=args.fork, max_steps=args.max_steps,
+                                 stop_after_minutes=args.stop_after_minutes, quiet=args.quiet)
+        if summary is not None:
             verify = summary.get("verification") or {}
             print(json.dumps({"run_dir": str(run_dir), "step": summary["step"], "total_steps": summary["total_steps"],
                               "stopped_early": summary["stopped_early"], "epsilon": summary["epsilon"],
@@ -147,8 +187,6 @@ def main(argv: list[str] | None = None, prog: str = "facepriv train") -> int:
     except (ConfigError, FileNotFoundError, ResumeError, FloatingPointError) as exc:  # the message says it all
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        cleanup_distributed()
     return 0
 
 
