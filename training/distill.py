@@ -357,11 +357,3 @@ def _gather_rows(idx: Tensor, part: Tensor, n: int, env: DistEnv, device: torch.
         dist.all_reduce(t, op=dist.ReduceOp.SUM)  # rows are disjoint across ranks
         full = t.cpu()
     return full
-
-
-def describe_cache(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Metadata of a teacher cache (for reports and debugging)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return json.loads(json.dumps(f.metadata() or {}))

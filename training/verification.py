@@ -135,12 +135,6 @@ class VerificationRunner:
     def enabled(self) -> bool:
         return bool(self.cfg.sets)
 
-    def add_loaded(self, vs: LoadedSet) -> None:
-        """Register an in-memory set (quickstart's held-out synthetic identities)."""
-        if self._sets is None:
-            self._sets = []
-        self._sets.append(vs)
-
     def sets(self) -> list[LoadedSet]:
         if self._sets is None:
             self._sets = []

@@ -152,9 +152,8 @@ def test_checkpoint_round_trip(tmp_path: Path, suffix: str) -> None:
     [({"name": "dct"}, ".pt"), ({"name": "partialface", "inference_seed": 3}, ".safetensors")],
 )
 def test_round_trip_with_real_frontends(tmp_path: Path, fcfg: dict[str, Any], suffix: str) -> None:
-    frontends = pytest.importorskip("facepriv.frontends")
-    if not hasattr(frontends, "build_frontend"):
-        pytest.skip("facepriv.frontends.build_frontend not available yet")
+    # in-tree module: a broken import must fail here, never skip
+    from facepriv.frontends import build_frontend  # noqa: F401
     images = _images(2, 3)
     model = FaceRecognizer.from_config({"frontend": fcfg, "backbone": BACKBONE, "input_norm": True})
     model.eval().calibrate_input_norm([images])
