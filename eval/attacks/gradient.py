@@ -109,6 +109,8 @@ class GradientConfig:
     local_steps: list[int] = field(default_factory=lambda: [1])
     dp: list[DPSpec | None] = field(default_factory=lambda: [None, DPSpec(1.0, 1.0)])
     site_lr: float = 0.1
+    #: identities in the site's head (its local people); the batch holds the first ``B`` of them
+    site_classes: int = 16
     head_knowledge: str = "known"
     max_victims: int = 8
     steps: int = 300
@@ -125,6 +127,9 @@ class GradientConfig:
                              f"{self.batch_sizes}, {self.local_steps}")
         if not self.dp:
             raise ValueError("gradient: dp must list at least one setting (null for no DP)")
+        if self.site_classes < max(2, max(self.batch_sizes)):
+            raise ValueError(f"gradient: site_classes ({self.site_classes}) must be >= 2 and >= the largest batch "
+                             f"({max(self.batch_sizes)}): every image of a batch is a different person of the site")
         if self.max_victims < 1 or self.steps < 0 or self.lr <= 0 or self.tv_weight < 0 or self.site_lr <= 0:
             raise ValueError(f"gradient: invalid budget {self}")
 
@@ -254,7 +259,11 @@ def site_update(model: nn.Module, head: nn.Module, images: Tensor, labels: Tenso
 
     delta = _unrolled_update(loss, params, hparams, rows, row_labels, site, groups=images.shape[0],
                              create_graph=False, noise=noise)
-    return {n: d.detach() for n, d in delta.items()}, rows
+    out = {n: d.detach() for n, d in delta.items()}
+    if not any(bool(d.ne(0).any()) for d in out.values()):
+        raise ValueError("gradient inversion: the site's update is exactly zero (nothing to invert); check the "
+                         "head's classes and the learning rate")
+    return out, rows
 
 
 # ------------------------------------------------------------------------------ the attack
@@ -373,7 +382,8 @@ def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfi
     originals = victims.probes[:n].float() / 255.0
     size = int(originals.shape[-1])
     calib = aux_images[: min(64, aux_images.shape[0])].float() / 255.0
-    model = model if model is not None else site_model(frontend, cfg, calib, size)
+    # a private copy: the site trains (and moves) it, the caller's model and frontend stay as they are
+    model = copy.deepcopy(model) if model is not None else site_model(frontend, cfg, calib, size)
     dev = torch.device(device)
     model = model.to(dev)
     level = "secret" if has_secret(frontend) else "public"  # the server builds the model: it knows the secret
@@ -395,7 +405,7 @@ def run_gradient_inversion(frontend: nn.Module, victims: Any, cfg: GradientConfi
             b = x.shape[0]
             labels = torch.arange(b, device=dev)
             x = x.to(dev)
-            head = _head(cfg, int(model.backbone.config["embedding_size"]), max(cfg.batch_sizes))
+            head = _head(cfg, int(model.backbone.config["embedding_size"]), cfg.site_classes)
             observed, rows = site_update(model, head, x, labels, site, g)
             views = rows.shape[0] // b
             dummies, info = invert_update(

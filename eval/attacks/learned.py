@@ -305,6 +305,8 @@ def train_network(
         }, ckpt_path)
 
     checking = evaluate is not None and cfg.max_doublings > 0
+    if not checking and start >= cfg.steps:
+        finished = True  # e.g. a checked run resumed without its measurement: keep what was trained
     net = wrap(model, standardiser, view, {})
     autocast = cfg.amp and device.type == "cuda"
     from tqdm import tqdm

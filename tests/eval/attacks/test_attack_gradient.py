@@ -112,7 +112,30 @@ def test_partialface_update_rows_are_training_views_and_merge(faces):
 def test_gradient_config_errors():
     with pytest.raises(ValueError, match="head_knowledge"):
         GradientConfig(head_knowledge="psychic")
+    with pytest.raises(ValueError, match="site_classes"):
+        GradientConfig(batch_sizes=[1, 32])
     with pytest.raises(ValueError, match="noise_multiplier"):
         DPSpec(clip=1.0, noise_multiplier=-1)
     cfg = GradientConfig(dp=[None, {"clip": 2.0, "noise_multiplier": 0.5}], batch_sizes=[1, 2])
     assert [s.label() for s in cfg.sites()][-1] == "batch 2, 1 local step(s), DP clip 2, noise x0.5"
+
+
+def test_run_attacks_inverts_a_given_model_without_touching_it(faces):
+    from facepriv.eval.attacks import AttackConfig, FaceSet, run_attacks, split_victims
+
+    arr = SyntheticFaces(6, 2, seed=0, image_size=32, first_identity=800).as_array()
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))).float()
+    x = torch.nn.functional.interpolate(x, size=SIZE, mode="area").round().to(torch.uint8)
+    sets = [FaceSet(x[i:i + 6], torch.arange(3).repeat_interleave(2), [f"{r}{k}" for k in range(3)],
+                    [f"{r}{k // 2}/{k % 2}.png" for k in range(6)], r) for i, r in ((0, "aux"), (6, "victims"))]
+    fe = PartialFace(secret_seed=3)
+    model = FaceRecognizer(fe, SigmoidNet(in_channels=27), ChannelStandardize(27), image_size=SIZE).eval()
+    before = fe._train_generator.get_state().clone()
+    cfg = AttackConfig(attacks=["gradient"], knowledge="public", grid_victims=0, progress=False, bootstrap=0,
+                       gradient={"batch_sizes": [1], "dp": [None], "steps": 2, "max_victims": 2})
+    res = run_attacks(fe, sets[0], split_victims(sets[1]), config=cfg, model=model)
+    (row,) = res["gradient"]["settings"]
+    assert res["gradient"]["dummies"] == "protected tensor" and res["gradient"]["view"] == "secret"
+    assert row["image"]["psnr_db"]["n"] == 2 and row["site"]["batch_size"] == 1
+    # the site trained a private copy: the caller's model and frontend are as they were
+    assert not model.training and not fe.training and torch.equal(fe._train_generator.get_state(), before)
