@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from facepriv.frontends.base import Frontend
 from facepriv.frontends.baselines import DCTFrontend, RGBFrontend
 from facepriv.frontends.cli_args import add_frontend_arguments, fixed_inference_seed_error, frontend_from_args
-from facepriv.frontends.dct import BLOCK, N_COLORS, COEFFS_PER_BLOCK, block_dct_graph, block_dct_select_graph
+from facepriv.frontends.dct import N_COLORS, COEFFS_PER_BLOCK, block_dct_graph, block_dct_select_graph
 from facepriv.frontends.dp import AC_INDEX, DCTDP
 from facepriv.frontends.laplace import LEVEL, discrete_laplace
 from facepriv.frontends.partial import PartialFace
