@@ -150,6 +150,7 @@ def train_round(msg: Message, context: Context) -> RecordDict:
         lr_sums: dict[str, float] = {}
         losses: list[float] = []
         samples = skipped = 0
+        t_steps = time.perf_counter()
         for _ in range(steps):
             lrs = group_lrs(trainer.optimizer)
             result = trainer.train_step(trainer.next_batch())
@@ -160,11 +161,12 @@ def train_round(msg: Message, context: Context) -> RecordDict:
             losses.append(float(result.loss))
             for g, lr in lrs.items():
                 lr_sums[g] = lr_sums.get(g, 0.0) + lr
+        step_time = time.perf_counter() - t_steps
         _persist(trainer, context)
         metrics: dict[str, Any] = {
             P.NUM_EXAMPLES: int(samples), P.TRAIN_LOSS: float(sum(losses) / len(losses)) if losses else math.nan,
             P.SKIPPED_STEPS: int(skipped), P.LOCAL_STEPS: int(steps),
-            P.TRAIN_TIME_S: time.perf_counter() - t0,
+            P.TRAIN_TIME_S: time.perf_counter() - t0, P.STEP_TIME_S: step_time,
         }
         for g, v in lr_sums.items():
             metrics[P.LR_SUM_PREFIX + g] = v

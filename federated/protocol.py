@@ -68,7 +68,9 @@ EVAL_BATCHES = "eval-batches"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 SKIPPED_STEPS = "skipped-steps"
+#: seconds of the whole site round (trainer build, state, steps) and of its trainer steps alone.
 TRAIN_TIME_S = "train-time-s"
+STEP_TIME_S = "step-time-s"
 #: per param group ``g``: ``LR_SUM_PREFIX + g`` = sum of the lr over the local steps (PFM).
 LR_SUM_PREFIX = "lr-sum-"
 #: 1 when the site calibrated the input standardiser on its own images this round.
