@@ -284,15 +284,12 @@ def run_attacks(
 
 def _recover_table(frontend: torch.nn.Module, aux: FaceSet, cfg: AttackConfig, result: dict[str, Any]) -> Any:
     """Recover PartialFace's layouts from simulated intercepted traffic; records the curve."""
-    from facepriv.eval.attacks.placement import FrequencyProfile
     from facepriv.eval.attacks.recovery import recovery_curve
-    from facepriv.eval.attacks.views import _batches, public_copy
 
     t = time.perf_counter()
-    public = public_copy(frontend)  # the attacker's profile needs only public configuration
-    profile = FrequencyProfile(public.kept, public.upsample).fit(_batches(aux.images, 64, cfg.device))
-    profile.to("cpu")
-    curve, fed = recovery_curve(frontend, profile, aux.images, cfg.recovery, progress=cfg.progress)
+    # the public view's frequency signatures (fitted on auxiliary faces, no secret) score the traffic
+    public = build_view(frontend, "public", attacker_seed=cfg.seed + 17).fit(aux.images, 64, torch.device(cfg.device))
+    curve, fed = recovery_curve(frontend, public.profile, aux.images, cfg.recovery, progress=cfg.progress)
     result["table_recovery"] = {
         "description": "the secret layouts estimated from N intercepted queries alone (no secret, no faces); "
                        "traffic simulated by protecting auxiliary faces with the real frontend",

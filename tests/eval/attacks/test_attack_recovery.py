@@ -72,3 +72,32 @@ def test_recover_table_scores_and_errors(aux_u8, profile):
         from facepriv.frontends import DCTFrontend
 
         build_view(DCTFrontend(), "recovered", hypotheses=table.hypotheses)
+
+
+def test_recovery_scores_traffic_with_the_frontends_own_view(aux_u8, monkeypatch):
+    """MinusFace sends a residue, not the raw DCT: the run scores its traffic with the public
+    view's residue-aware signatures (not raw-DCT ones), and recovers the table exactly too."""
+    from facepriv.frontends import MinusFace
+
+    import facepriv.eval.attacks.recovery as recovery
+    from facepriv.eval.attacks import AttackConfig, FaceSet, run_attacks, split_victims
+
+    seen = []
+    real = recovery.recovery_curve
+
+    def spy(frontend, profile, *args, **kwargs):
+        seen.append(profile)
+        return real(frontend, profile, *args, **kwargs)
+
+    monkeypatch.setattr(recovery, "recovery_curve", spy)
+
+    aux = FaceSet(aux_u8[:120], torch.arange(40).repeat_interleave(3), [f"a{i}" for i in range(40)],
+                  [f"a{i // 3}/{i % 3}.png" for i in range(120)], "aux")
+    vic = FaceSet(aux_u8[120:], torch.arange(20).repeat_interleave(3), [f"v{i}" for i in range(20)],
+                  [f"v{i // 3}/{i % 3}.png" for i in range(60)], "victims")
+    cfg = AttackConfig(attacks=["analytic"], fills=["zeros"], knowledge="recovered", grid_victims=0, progress=False,
+                       recovery={"queries": [300], "seed": 1})
+    res = run_attacks(MinusFace(secret_seed=3), aux, split_victims(vic), config=cfg)
+    assert res["table_recovery"]["curve"][0]["layouts_exact"] == 1.0
+    assert res["views"]["recovered"]["diagnostics"]["query_exactly_placed"] == 1.0
+    assert len(seen) == 1 and seen[0].coefficients is not None  # the residue's signatures
