@@ -8,6 +8,7 @@ inside the plotting functions) and imported eagerly; ``protocols`` (protected in
 a ``FaceRecognizer`` over a verification set) imports torch and is imported on use.
 """
 
+from facepriv.verification.keys import find_fpr, fpr_key, parse_fpr_key
 from facepriv.verification.metrics import (
     DEFAULT_FPR_TARGETS,
     EerResult,
@@ -34,6 +35,7 @@ from facepriv.verification.templates import (
 __all__ = [
     "DEFAULT_FPR_TARGETS", "EerResult", "OperatingPoint", "ScoreAccumulator", "ScoreSet", "allowed_false_accepts",
     "eer", "kfold_accuracy", "kfold_val_at_far", "roc_auc", "roc_curve", "tpr_at_fpr", "verification_report",
+    "find_fpr", "fpr_key", "parse_fpr_key",
     "plot_metric_curves", "plot_roc", "roc_plot_points",
     "TemplateEmbeddings", "ijb_verification", "pool_templates", "score_template_pairs",
 ]
