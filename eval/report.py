@@ -29,16 +29,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from facepriv.verification.keys import find_fpr, fpr_key, fpr_label
 from facepriv.verification.plots import plot_roc
 
 __all__ = ["SUMMARY_FPRS", "load_results", "plot_set_rocs", "summary_markdown", "summary_rows", "write_metrics_json", "write_report"]
 
 #: TPR columns of the summary table
 SUMMARY_FPRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
-
-
-def _fpr_key(target: float) -> str:
-    return f"{float(target):.0e}"
 
 
 def _json_safe(value: Any) -> Any:
@@ -103,13 +100,13 @@ def summary_rows(results: Mapping[str, Any], fprs: Sequence[float] = SUMMARY_FPR
             "fold_std": f"{acc['fold_std'] * 100:.2f}" if acc.get("fold_std") is not None else "n/a",
         }
         for t in fprs:
-            p = s.get("tpr_at_fpr", {}).get(_fpr_key(t))
+            p = find_fpr(s.get("tpr_at_fpr"), t)  # results written before fpr_key keyed "1e-03"
             if p is None:
-                row[f"tpr@{_fpr_key(t)}"] = "–"
+                row[fpr_key(t)] = "–"
             elif not p.get("measurable"):
-                row[f"tpr@{_fpr_key(t)}"] = "n/m"
+                row[fpr_key(t)] = "n/m"
             else:
-                row[f"tpr@{_fpr_key(t)}"] = _fmt(p["tpr"], 100, 2, spread)
+                row[fpr_key(t)] = _fmt(p["tpr"], 100, 2, spread)
         row["eer"] = _fmt(s.get("eer"), 100, 2, spread)
         row["auc"] = _fmt(s.get("auc"), 1, 4, spread)
         rows.append(row)
@@ -120,9 +117,9 @@ def summary_markdown(results: Mapping[str, Any], fprs: Sequence[float] = SUMMARY
     """The ``summary.md`` text: settings, the table, and what the symbols mean."""
     settings = results.get("settings", {})
     head = ["checkpoint", "set", "frontend", "R", "pairs", "accuracy %", "fold σ %"]
-    head += [f"TPR@FPR={_fpr_key(t)} %" for t in fprs] + ["EER %", "AUC"]
+    head += [f"TPR@FPR={fpr_label(t)} %" for t in fprs] + ["EER %", "AUC"]
     keys = ["checkpoint", "set", "frontend", "R", "pairs", "accuracy", "fold_std"]
-    keys += [f"tpr@{_fpr_key(t)}" for t in fprs] + ["eer", "auc"]
+    keys += [fpr_key(t) for t in fprs] + ["eer", "auc"]
     lines = [f"# {title}", ""]
     if settings:
         seed = settings.get("seed")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facepriv.verification.keys import fpr_key
 from facepriv.verification.metrics import DEFAULT_FPR_TARGETS, ScoreSet, verification_report
 from facepriv.verification.plots import roc_plot_points
 from facepriv.verification.protocols import EvalInputError, embed_protected_set, score_pairs
@@ -49,11 +50,6 @@ RESULTS_FORMAT = "facepriv.eval.verify/1"
 #: FPR range of the stored ROC curves (same as facepriv.verification.plots' default axis)
 ROC_RANGE = (1e-6, 1.0)
 ROC_POINTS = 200
-
-
-def fpr_key(target: float) -> str:
-    """Stable JSON key for an FPR target: ``1e-03`` style, so keys sort and read alike."""
-    return f"{float(target):.0e}"
 
 
 # --------------------------------------------------------------------------- set specs

@@ -28,6 +28,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from facepriv.io import atomic_write
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key (and file)."""
@@ -448,12 +450,7 @@ def dump_config(cfg: TrainConfig) -> str:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config atomically (a crash never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, dump_config(cfg))
 
 
 # --------------------------------------------------------------------------- validation

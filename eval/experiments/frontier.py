@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from facepriv.verification.keys import find_fpr
+
 #: the target region of the frontier issue: leakage <= 0.05 and accuracy >= 0.90 x RGB
 TARGET_LEAKAGE = 0.05
 TARGET_RATIO = 0.90
@@ -28,9 +30,9 @@ def worst_case_leakage(leakage: dict[str, Any] | None) -> tuple[float | None, tu
     best: tuple[float | None, tuple[float, float] | None, str | None] = (None, None, None)
     for level in ("public", "secret"):
         r = (leakage or {}).get(level) or {}
-        v = r.get("tpr@1e-3")
+        v = find_fpr(r, 1e-3)
         if v is not None and (best[0] is None or v > best[0]):
-            ci = r.get("tpr@1e-3_ci")
+            ci = find_fpr(r, 1e-3, suffix="_ci")
             best = (float(v), tuple(ci) if ci else None, f"{r.get('best_attack')} ({level})")
     return best
 
@@ -81,7 +83,7 @@ def plot_frontier(collected: dict[str, Any], path: str | Path, *, title: str = "
                    label=f"target: leakage ≤ {TARGET_LEAKAGE}, accuracy ≥ {TARGET_RATIO:.0%} of RGB")
         ax.plot([0.0], [ref], marker="*", markersize=16, color="tab:green", linestyle="none",
                 label="ideal corner (no leakage, RGB accuracy)")
-    raw = (collected.get("raw_images_leakage") or {}).get("tpr_at_fpr_1e-3")
+    raw = find_fpr(collected.get("raw_images_leakage"), 1e-3)
     if raw is not None and ref is not None:
         ax.plot([raw], [ref], marker="X", markersize=11, color="black", linestyle="none",
                 label=f"raw images (leakage {raw:.2f})")

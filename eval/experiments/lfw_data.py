@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from facepriv.io import atomic_write
+
 TRAIN_FOLDS = frozenset(range(5))
 TEST_FOLDS = (5, 6, 7, 8, 9)
 
@@ -84,9 +86,7 @@ def _test_pairs(pairs_src: Path, dest: Path) -> int:
     keep = [ln for f in TEST_FOLDS for ln in body[f * 2 * per : (f + 1) * 2 * per]]
     text = f"{len(TEST_FOLDS)}\t{per}\n" + "\n".join(keep) + "\n"
     if not dest.is_file() or dest.read_text(encoding="utf-8") != text:
-        tmp = dest.with_name(dest.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, dest)
+        atomic_write(dest, text)
     return len(keep)
 
 

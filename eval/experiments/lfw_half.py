@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from facepriv.io import atomic_write_json
+
 from .config import ExperimentConfig, ExperimentConfigError, ModelSpec, load_config
 from .lfw_data import LfwDataError, LfwHalf, prepare_lfw_half
 
@@ -52,10 +54,8 @@ TEST_SET = "lfw_folds5-9"
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel runs share --out
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    # temp names are unique per process: parallel runs share --out
+    atomic_write_json(path, obj, indent=2, default=str)
 
 
 def _add_timing(out: Path, key: str, seconds: float) -> dict[str, float]:

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from facepriv.verification.keys import find_fpr
+
 from .config import ExperimentConfig
 from .lfw_data import LfwHalf
 
@@ -35,13 +37,11 @@ def _stat(d: dict[str, Any] | None) -> tuple[float | None, float | None]:
 
 def verification_row(verify: dict[str, Any]) -> dict[str, Any]:
     """TPR@FPR, accuracy and EER (mean and spread over repetitions) of one model."""
-    from facepriv.eval.verify import fpr_key
-
     res = verify["results"][0]
     s = res["summary"]
     row: dict[str, Any] = {"repetitions": res.get("repetitions"), "stochastic": res.get("stochastic")}
     for t in FPRS:
-        p = s["tpr_at_fpr"].get(fpr_key(t), {})
+        p = find_fpr(s["tpr_at_fpr"], t, {})  # older run folders keyed "1e-03"
         row[f"tpr@{t:g}"] = _stat(p.get("tpr")) if p.get("measurable") else (None, None)
     acc = s.get("accuracy", {})
     row["accuracy"] = (acc.get("mean"), acc.get("std"))
@@ -74,7 +74,7 @@ def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
             continue
 
         def tpr(r: dict[str, Any]) -> float:
-            v = (r.get("identity") or {}).get("tpr_at_fpr_1e-3")
+            v = find_fpr(r.get("identity"), 1e-3)
             return -1.0 if v is None else float(v)
 
         best = max(rows, key=lambda r: (tpr(r), (r.get("identity") or {}).get("rank1") or 0.0))
@@ -84,14 +84,14 @@ def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
         best_ssim = max(imaged, key=lambda r: r["image"]["ssim_luma"]["mean"] or -1.0)
         out[level] = {
             "best_attack": best["attack"],
-            "tpr@1e-3": (best.get("identity") or {}).get("tpr_at_fpr_1e-3"),
+            "tpr@1e-3": find_fpr(best.get("identity"), 1e-3),
             "rank1": (best.get("identity") or {}).get("rank1"),
             "psnr": best_psnr["image"]["psnr_db"]["mean"], "psnr_attack": best_psnr["attack"],
             "ssim": best_ssim["image"]["ssim_luma"]["mean"], "ssim_attack": best_ssim["attack"],
         }
     naive = attack.get("baselines", {}).get("naive_rendering", {})
     if naive:
-        out["naive"] = {"tpr@1e-3": (naive.get("identity") or {}).get("tpr_at_fpr_1e-3"),
+        out["naive"] = {"tpr@1e-3": find_fpr(naive.get("identity"), 1e-3),
                         "psnr": naive["image"]["psnr_db"]["mean"], "ssim": naive["image"]["ssim_luma"]["mean"]}
     return out
 
@@ -190,7 +190,7 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
         judge = (results.get("reference_judge") or {}).get("kind", "judge")
         lines.append(f"| {judge} on raw RGB (pretrained reference) | pretrained | {_pm(ref['tpr@0.001'])} | "
                      f"{_pm(ref['tpr@0.01'])} | {_pm(ref['accuracy'])} | {_pm(ref['eer'])} | "
-                     f"{_f(raw.get('tpr_at_fpr_1e-3'))} (raw image) | – | – | ∞ | 1 |")
+                     f"{_f(find_fpr(raw, 1e-3))} (raw image) | – | – | ∞ | 1 |")
     for name, r in results["rows"].items():
         v = r.get("verification")
         lk = r.get("leakage") or {}
@@ -205,8 +205,8 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
         psnr = max((x for x in (pub.get("psnr"), sec.get("psnr")) if x is not None), default=None)
         ssim = max((x for x in (pub.get("ssim"), sec.get("ssim")) if x is not None), default=None)
         lines.append(f"| {name} | {mode} | {_pm(v['tpr@0.001'])} | {_pm(v['tpr@0.01'])} | {_pm(v['accuracy'])} | "
-                     f"{_pm(v['eer'])} | {_f(pub.get('tpr@1e-3'))} | {best} | "
-                     f"{_f(sec.get('tpr@1e-3')) if sec else '(no secret)'} | {_f(psnr, 1)} | {_f(ssim)} |")
+                     f"{_pm(v['eer'])} | {_f(find_fpr(pub, 1e-3))} | {best} | "
+                     f"{_f(find_fpr(sec, 1e-3)) if sec else '(no secret)'} | {_f(psnr, 1)} | {_f(ssim)} |")
     lines += [
         "",
         "n/m: not measurable (too few impostor pairs or not computed). PSNR/SSIM: the best reconstruction over all "

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facepriv.verification.keys import fpr_key
 from facepriv.verification.metrics import allowed_false_accepts, tpr_at_fpr
 
 __all__ = ["REPORT_FPRS", "LeakageScores", "fuse_scores", "fused_leakage", "identity_leakage", "leakage_from_scores",
@@ -49,9 +50,8 @@ __all__ = ["REPORT_FPRS", "LeakageScores", "fuse_scores", "fused_leakage", "iden
 REPORT_FPRS: tuple[float, ...] = (1e-3, 1e-2)
 
 
-def tpr_key(target: float) -> str:
-    """Top-level key of a TPR figure (``tpr_at_fpr_1e-3``), as the report tables read it."""
-    return f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
+#: Top-level key of a TPR figure (``tpr_at_fpr_1e-3``): the one spelling, ``facepriv.verification.keys``.
+tpr_key = fpr_key
 
 
 def _as_unit(x: Tensor, name: str) -> Tensor:
@@ -178,7 +178,7 @@ def leakage_from_scores(s: LeakageScores, *, fpr_targets: Sequence[float] = REPO
     gen, _, imp, _ = _pairs(s)
     ops = tpr_at_fpr(np.concatenate([gen, imp]), np.concatenate([np.ones(gen.size, bool), np.zeros(imp.size, bool)]),
                      list(fpr_targets))
-    verification = {f"tpr_at_fpr_{t:g}": op.to_dict() for t, op in zip(fpr_targets, ops)}
+    verification = {fpr_key(t): op.to_dict() for t, op in zip(fpr_targets, ops)}
     own_scores = np.take_along_axis(s.identification, s.own[:, None], 1)
     rank = (s.identification > own_scores).sum(1)  # 0 = own identity first
     n_ids = int(s.identification.shape[1])

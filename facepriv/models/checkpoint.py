@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from facepriv.io import atomic_path
 
 FORMAT = "facepriv.FaceRecognizer"
 #: Bump when the layout changes incompatibly; readers refuse newer versions with a clear error.
@@ -141,17 +142,10 @@ def to_plain(value: Any, where: str, *, allow_tensors: bool = True) -> Any:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    # A crash mid-save must not destroy the previous checkpoint of a long run.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A crash mid-save must not destroy the previous checkpoint of a long run; the file
+    # carries frontend secrets, so it is created owner-only (as mkstemp did before).
+    with atomic_path(path, mode=0o600) as tmp:
+        write(str(tmp))
 
 
 def write_checkpoint(

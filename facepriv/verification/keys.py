@@ -70,20 +70,23 @@ def parse_fpr_key(key: str) -> float | None:
     return value if 0.0 < value <= 1.0 else None
 
 
-def find_fpr(table: Mapping[str, Any] | None, target: float, default: Any = None) -> Any:
+def find_fpr(table: Mapping[str, Any] | None, target: float, default: Any = None, *, suffix: str = "") -> Any:
     """``table``'s entry for FPR ``target`` under any spelling (the canonical key first).
 
     Tolerant reader for JSON written before :func:`fpr_key` was the only spelling; targets
-    match to a relative 1e-9, so ``0.001`` and ``1e-03`` find each other.
+    match to a relative 1e-9, so ``0.001`` and ``1e-03`` find each other. ``suffix`` finds
+    a companion figure written as key + suffix (``tpr_at_fpr_1e-3_ci``, old ``tpr@1e-3_ci``).
     """
     t = _check_target(target)
     if not table:
         return default
-    key = fpr_key(t)
+    key = fpr_key(t) + suffix
     if key in table:
         return table[key]
     for k, v in table.items():
-        parsed = parse_fpr_key(k)
+        if not isinstance(k, str) or not k.endswith(suffix):
+            continue
+        parsed = parse_fpr_key(k[: len(k) - len(suffix)])
         if parsed is not None and math.isclose(parsed, t, rel_tol=1e-9):
             return v
     return default

@@ -3,6 +3,7 @@ over repetitions, "n/m" for unmeasurable FPRs, strict JSON, re-plotting from met
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -61,14 +62,24 @@ def test_summary_table_rows_spread_and_not_measurable():
     rows = {(r["checkpoint"], r["set"]): r for r in summary_rows(_results())}
     assert set(rows) == {("model", "synth"), ("partialface-r18", "synth"), ("model", "tiny")}
     prot, base, tiny = rows["partialface-r18", "synth"], rows["model", "synth"], rows["model", "tiny"]
-    assert "±" in prot["accuracy"] and "±" in prot["tpr@1e-03"] and "±" in prot["eer"] and "±" in prot["auc"]
+    assert "±" in prot["accuracy"] and "±" in prot["tpr_at_fpr_1e-3"] and "±" in prot["eer"] and "±" in prot["auc"]
     assert "±" not in base["accuracy"] and base["R"] == "1 (det.)" and prot["R"] == "3"
     # 2000 impostors: 1e-4 is not measurable; 100 impostors: 1e-3 is not, 1e-2 is (1 false accept)
-    assert prot["tpr@1e-04"] == "n/m" and prot["tpr@1e-03"] != "n/m"
-    assert tiny["tpr@1e-03"] == "n/m" and tiny["tpr@1e-02"] != "n/m"
+    assert prot["tpr_at_fpr_1e-4"] == "n/m" and prot["tpr_at_fpr_1e-3"] != "n/m"
+    assert tiny["tpr_at_fpr_1e-3"] == "n/m" and tiny["tpr_at_fpr_1e-2"] != "n/m"
     md = summary_markdown(_results())
     assert md.count("\n| ") == 4  # header + 3 rows
-    assert "TPR@FPR=1e-03 %" in md and "n/m" in md and "seed 1" in md
+    assert "TPR@FPR=1e-3 %" in md and "n/m" in md and "seed 1" in md
+
+
+def test_summary_rows_read_results_written_with_the_old_key_spelling():
+    """metrics.json files written before fpr_key keyed summaries "1e-03"; they still render."""
+    res = _results()
+    old = copy.deepcopy(res)
+    for r in old["results"]:
+        r["summary"]["tpr_at_fpr"] = {f"{float(v['fpr_target']):.0e}": v for v in r["summary"]["tpr_at_fpr"].values()}
+    assert "1e-03" in old["results"][0]["summary"]["tpr_at_fpr"]
+    assert summary_rows(old) == summary_rows(res)
 
 
 def test_write_report_files_and_strict_json(tmp_path):

@@ -202,7 +202,8 @@ def test_cli_end_to_end_writes_reports(assets, tmp_path, capsys):
     assert rows["pf", "tiny"]["frontend"]["secret_seed"] == "<secret>"  # reports never carry the key
     pf = rows["pf", "tiny"]["summary"]
     assert pf["accuracy"]["std"] is not None and len(pf["auc"]["per_repetition"]) == 2
-    assert pf["tpr_at_fpr"]["1e-03"]["measurable"] is False and pf["tpr_at_fpr"]["1e-01"]["measurable"] is True
+    assert pf["tpr_at_fpr"]["tpr_at_fpr_1e-3"]["measurable"] is False  # one spelling: facepriv.verification.fpr_key
+    assert pf["tpr_at_fpr"]["tpr_at_fpr_1e-1"]["measurable"] is True
     summary = (out / "summary.md").read_text()
     assert summary.count("| rgb | tiny |") == 1 and summary.count("| pf | mine |") == 1 and "n/m" in summary and "±" in summary
     for name in ("roc_tiny.png", "roc_mine.png"):

@@ -154,7 +154,7 @@ def test_identity_leakage_small_sets_and_bad_input():
     r = identity_leakage(_unit([[1, 0.1]]), [0], g, [0, 1, 2])
     assert r["rank1"] == 1.0
     assert r["tpr_at_fpr_1e-3"] is None  # 2 impostor pairs cannot measure FPR = 1e-3
-    assert r["verification"]["tpr_at_fpr_0.001"]["measurable"] is False
+    assert r["verification"]["tpr_at_fpr_1e-3"]["measurable"] is False  # one key spelling, flat and nested
     with pytest.raises(ValueError, match="L2-normalised"):
         identity_leakage(torch.tensor([[2.0, 0.0]]), [0], g, [0, 1, 2])
     with pytest.raises(ValueError, match="no gallery image"):
@@ -218,7 +218,7 @@ def test_best_attack_per_victim_fuses_at_an_honest_operating_point():
     assert both["best_attack_counts"]["a"] + both["best_attack_counts"]["b"] == 200
     # the union is held to the FPR: the fused operating point admits at most 1 % of impostors
     fused, _ = fuse_scores([a, b, junk])
-    op = fused_leakage({"a": a, "b": b, "junk": junk})["verification"]["tpr_at_fpr_0.01"]
+    op = fused_leakage({"a": a, "b": b, "junk": junk})["verification"]["tpr_at_fpr_1e-2"]
     imp = fused.verification[~fused.same]
     assert (imp >= op["threshold"]).mean() <= 0.01
     with pytest.raises(ValueError, match="same probes"):

@@ -55,3 +55,12 @@ def test_find_reads_old_and_new_files() -> None:
     assert find_fpr({fpr_key(1e-3): 7, "tpr@fpr=0.001": 8}, 1e-3) == 7  # canonical first
     assert find_fpr({"tpr@fpr=0.001": 1}, 1e-4) is None
     assert find_fpr(None, 1e-3, default="–") == "–"
+
+
+def test_find_companion_by_suffix() -> None:
+    old = {"tpr@1e-3": 0.4, "tpr@1e-3_ci": [0.1, 0.6]}
+    new = {fpr_key(1e-3): 0.4, fpr_key(1e-3) + "_ci": [0.2, 0.5]}
+    assert find_fpr(old, 1e-3, suffix="_ci") == [0.1, 0.6]
+    assert find_fpr(new, 1e-3, suffix="_ci") == [0.2, 0.5]
+    assert find_fpr(old, 1e-3) == 0.4  # the plain lookup never returns the CI
+    assert find_fpr({"tpr@1e-3": 0.4}, 1e-3, suffix="_ci") is None
