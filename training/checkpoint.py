@@ -28,25 +28,20 @@ from typing import Any
 
 import torch
 
+from facepriv.io import atomic_path
+
 FORMAT = "facepriv-train-state"
 VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``."""
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``
+    (``facepriv.io.atomic_path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

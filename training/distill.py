@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from facepriv.io import atomic_path, atomic_write
+
 from .batches import collate_samples, images_to_float
 from .components import dataset_keys
 from .config import TrainConfig
@@ -268,16 +270,12 @@ class DistillTargets:
     def write_cache(path: Path, embeddings: Tensor, teacher_id: str, keys: list[str], keys_hash: str) -> None:
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         keys_path = path.with_suffix(".keys.txt")
-        tmp_keys = keys_path.with_name(keys_path.name + f".tmp{os.getpid()}")
-        tmp_keys.write_text("\n".join(keys) + "\n", encoding="utf-8", errors="surrogateescape")
-        os.replace(tmp_keys, keys_path)
+        atomic_write(keys_path, "\n".join(keys) + "\n", errors="surrogateescape")
         meta = {"format": CACHE_FORMAT, "teacher": teacher_id, "keys_sha256": keys_hash,
                 "num_samples": str(len(keys)), "dim": str(embeddings.shape[1]), "keys_file": keys_path.name}
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta)
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facepriv.io import atomic_write_json
+
 from .checkpoint import list_checkpoints
 
 #: Settings that may differ on a plain resume: they do not change what is trained.
@@ -161,6 +163,4 @@ def record_start(run_dir: Path, kind: str, source: Path | None, step: int, aband
         "step": int(step), "set_aside": str(abandoned) if abandoned else None,
         "changed": {k: [a, b] for k, (a, b) in (changed or {}).items()},
     })
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(events, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, events, indent=2, default=str)

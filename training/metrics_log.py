@@ -10,18 +10,22 @@ only on rank 0; a missing ``tensorboard`` package degrades to a warning.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from facepriv.io import atomic_write
+from facepriv.verification.keys import fpr_key
+
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["step", "epoch", "loss", "lr", "frontend_lr", "images_per_s", "bad_samples_total",
                  "nonfinite_steps", "epsilon", "grad_norm", "elapsed_s"]
-EVAL_COLUMNS = ["step", "set", "pairs", "accuracy", "accuracy_std", "auc", "eer", "tpr_at_fpr_1e-3",
-                "tpr_at_fpr_1e-4", "threshold"]
+EVAL_COLUMNS = ["step", "set", "pairs", "accuracy", "accuracy_std", "auc", "eer", fpr_key(1e-3),
+                fpr_key(1e-4), "threshold"]
 
 
 def _fmt(v: Any) -> Any:
@@ -47,12 +51,11 @@ class CsvLog:
         with open(self.path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         keep = [r for r in rows if r.get("step", "") != "" and int(float(r["step"])) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, self.path)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(keep)
+        atomic_write(self.path, buf.getvalue())
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facepriv.verification.keys import fpr_key
+
 from .batches import images_to_float
 from .config import EvalConfig, VerificationSetConfig
 
@@ -105,7 +107,7 @@ def flatten_report(report: dict[str, Any]) -> dict[str, Any]:
     for point in report.get("tpr_at_fpr", []):
         target = point.get("fpr_target")
         if target in (1e-3, 1e-4):
-            flat[f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")] = point.get("tpr")
+            flat[fpr_key(target)] = point.get("tpr")
     return flat
 
 

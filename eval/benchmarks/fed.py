@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facepriv.verification.keys import find_fpr, fpr_key
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=4)
@@ -47,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tpr(flat: dict[str, Any]) -> float | None:
-    return flat.get("tpr@fpr=0.001")
+    # the federated history has written "tpr@fpr=0.001"; find_fpr reads that and fpr_key's spelling
+    return find_fpr(flat, 1e-3)
 
 
 def _settings(args: argparse.Namespace, strategy: str, out: Path) -> Any:
@@ -187,11 +190,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["federated"] = fed
     direct += _direct_rounds(args, direct_settings)
     results["overhead"] = _overhead(args, fed, direct)
-    summary = {"central": {"tpr@1e-3": _tpr(central["rounds"][-1]["verification"]),
+    summary = {"central": {fpr_key(1e-3): _tpr(central["rounds"][-1]["verification"]),
                            "auc": central["rounds"][-1]["verification"].get("auc")}}
     for name, s in fed.items():
         last = s["rounds"][-1].get("verification", {})
-        summary[name] = {"tpr@1e-3": _tpr(last), "auc": last.get("auc")}
+        summary[name] = {fpr_key(1e-3): _tpr(last), "auc": last.get("auc")}
     results["summary"] = summary
     try:
         from facepriv.verification.plots import plot_metric_curves

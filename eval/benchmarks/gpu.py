@@ -56,6 +56,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from facepriv.io import atomic_write
+from facepriv.verification.keys import fpr_key
+
 #: insightface arcface_torch, published training throughput per V100 with fp16 (img/s)
 ARCFACE_TORCH_V100_FP16 = {"iresnet50": 640.0, "iresnet18": 1070.0, "mobilefacenet": 1400.0}
 #: float32 device vs CPU: max |a - b| / max |b|
@@ -125,9 +128,7 @@ class Report:
 
     def flush(self) -> None:
         for name, text in (("gpu.json", json.dumps(self.data, indent=2, default=str)), ("gpu.md", render_markdown(self.data))):
-            tmp = self.out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, self.out / name)
+            atomic_write(self.out / name, text)
 
 
 def _sync(device: Any) -> None:
@@ -676,7 +677,7 @@ def evaluate_on_pack(model: Any, test_set: Any, device: Any, repetitions: int) -
     tpr3 = [next(p["tpr"] for p in r["tpr_at_fpr"] if abs(p["fpr_target"] - 1e-3) < 1e-12) for r in reports]
     measurable = all(v is not None for v in tpr3)
     return {"accuracy": sum(acc) / len(acc), "accuracy_per_repetition": acc,
-            "tpr_at_fpr_1e-3": sum(tpr3) / len(tpr3) if measurable else None,
+            fpr_key(1e-3): sum(tpr3) / len(tpr3) if measurable else None,
             "auc": sum(r["auc"] for r in reports) / len(reports), "repetitions": emb.repetitions,
             "pairs": int(len(test_set.issame))}
 
@@ -913,7 +914,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                 if "accuracy" not in r:
                     lines.append(f"| {k} | {r.get('skipped') or r.get('error')} | | | | | | |")
                     continue
-                tpr = "n/a" if r["tpr_at_fpr_1e-3"] is None else f"{r['tpr_at_fpr_1e-3']:.4f}"
+                tpr3 = r.get(fpr_key(1e-3))
+                tpr = "n/a" if tpr3 is None else f"{tpr3:.4f}"
                 lines.append(f"| {k} | {r['accuracy']:.4f} | {tpr} | {r['auc']:.4f} | {r['steps']} | "
                              f"{r['epochs']} | {r['train_seconds']} | {r['warm_start_from'] or ''} |")
         else:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facepriv.io import atomic_write_json
+
 from .errors import DataError
 from .images import decode_image, encode_image, to_tensor
 from .recordio import RecordIODataset, RecordIOReader, unpack_payload, write_dataset
@@ -178,9 +180,7 @@ def write_pack(
         "teacher": {"embedded": teacher is not None, "dim": int(emb.shape[1]), **info},
         "files": files, "total_bytes": total,
     }
-    tmp = manifest_path.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+    atomic_write_json(manifest_path, manifest, indent=2)
     summary = PackSummary(str(root), n_train, ds.num_classes, vset.num_images, vset.num_pairs, total, skipped)
     if summary.total_mb > max_mb:
         raise PackError(f"{root}: pack is {summary.total_mb:.1f} MB, over the {max_mb:g} MB budget; "
