@@ -32,13 +32,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .arrays import load_frontend_buffers, load_shared_state, shared_keys, shared_state
-from .momentum import group_lrs, install_momentum, require_pfm_optimizer, shared_parameters
-from .fv import separation_score
 from . import protocol as P
-from .site import (HEAD_KEY, SITE_KEY, load_site_state, pack, save_site_state, site_dataset, site_validation_images,
-                   state_file, unpack)
+from .arrays import load_frontend_buffers, load_shared_state, shared_keys, shared_state
+from .fv import separation_score
+from .momentum import group_lrs, install_momentum, require_pfm_optimizer, shared_parameters
 from .protocol import message_config, numpy_to_record, record_to_numpy
+from .site import (HEAD_KEY, SITE_KEY, SITE_STATE_VERSION, load_site_state, pack, save_site_state, site_dataset,
+                   site_validation_images, state_file, unpack)
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,14 @@ def _restore(trainer: Any, state: dict[str, Any] | None) -> None:
     if state is None:
         return
     state = dict(state)
-    if isinstance(state.get("progress"), (list, tuple)):  # site states written before Trainer.state_dict
+    version = int(state.pop("site_state_version", 1))
+    if version == 1 and isinstance(state.get("progress"), (list, tuple)):  # written before Trainer.state_dict
         step, epoch, batch = state["progress"]
         state["progress"] = {"step": step, "epoch": epoch, "batch_in_epoch": batch}
+    elif version not in (1, SITE_STATE_VERSION):
+        raise ValueError(f"site state: version {version}, this facepriv reads versions 1-{SITE_STATE_VERSION} "
+                         "(written by a newer facepriv? upgrade this site, or remove the site's state-dir file to "
+                         "start the site afresh, which loses its head and DP accountant)")
     trainer.load_state_dict(state, where="site state")
 
 
@@ -123,7 +128,7 @@ def _persist(trainer: Any, context: Context) -> None:
     """Keep ``Trainer.state_dict()`` (secrets included) and the frontend's buffers in the
     site's private state: ``Context.state`` and, with ``state-dir``, a file at the site.
     Nothing of it is ever put into a reply."""
-    state = {**trainer.state_dict(),
+    state = {**trainer.state_dict(), "site_state_version": SITE_STATE_VERSION,
              "frontend_buffers": {k: v.detach().cpu() for k, v in trainer.recognizer.frontend.named_buffers()}}
     context.state[HEAD_KEY] = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in trainer.head.state_dict().items()})
     context.state[SITE_KEY] = ConfigRecord({"blob": pack(state)})

@@ -32,11 +32,11 @@ import torch
 from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
 from . import protocol as P
-from .site import pack, unpack
+from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
 from .protocol import numpy_to_record, record_to_numpy
 from .settings import FedSettings, settings_from_run_config
+from .site import pack, unpack
 from .strategies import build_strategy
 
 log = logging.getLogger(__name__)

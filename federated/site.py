@@ -34,6 +34,9 @@ from torch.utils.data import Dataset
 #: Context.state keys.
 HEAD_KEY = "facepriv.head"
 SITE_KEY = "facepriv.site"
+#: format of the private site state: 1 = written before ``Trainer.state_dict`` (no version
+#: key, ``progress`` a (step, epoch, batch) tuple), 2 = ``Trainer.state_dict()`` + frontend buffers.
+SITE_STATE_VERSION = 2
 
 _DATASETS: dict[tuple[Any, ...], Dataset] = {}
 
