@@ -37,9 +37,10 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``
-    (``facepriv.io.atomic_path``)."""
+    (``facepriv.io.atomic_path``). Owner-only (0600): training state carries the frontend's
+    secrets and DP-SGD's secret randomness, like a private key."""
     path = Path(path)
-    with atomic_path(path, fsync=True) as tmp:
+    with atomic_path(path, fsync=True, mode=0o600) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
     return path

@@ -674,7 +674,7 @@ def evaluate_on_pack(model: Any, test_set: Any, device: Any, repetitions: int) -
     emb = embed_protected_set(model, test_set, repetitions=repetitions, batch_size=256, device=device, progress=False)
     reports = [verification_report(score_pairs(emb, r), test_set.issame, test_set.folds) for r in range(emb.repetitions)]
     acc = [r["accuracy"]["accuracy_mean"] for r in reports]
-    tpr3 = [next(p["tpr"] for p in r["tpr_at_fpr"] if abs(p["fpr_target"] - 1e-3) < 1e-12) for r in reports]
+    tpr3 = [next((p["tpr"] for p in r["tpr_at_fpr"] if abs(p["fpr_target"] - 1e-3) < 1e-12), None) for r in reports]
     measurable = all(v is not None for v in tpr3)
     return {"accuracy": sum(acc) / len(acc), "accuracy_per_repetition": acc,
             fpr_key(1e-3): sum(tpr3) / len(tpr3) if measurable else None,

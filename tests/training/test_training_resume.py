@@ -208,3 +208,16 @@ def test_a_run_whose_weights_blow_up_fails_instead_of_exporting_nan(tmp_path: Pa
         trainer.fit()
     assert not (tmp_path / "run" / "model.pt").exists()
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000001"]  # the last good one
+
+
+def test_training_state_files_are_owner_only(tmp_path: Path, tiny_config) -> None:
+    """Checkpoint files carry the frontend's secrets and DP randomness: 0600, like a key."""
+    import stat
+
+    t = Trainer(tiny_config(frontend={"name": "partialface", "sample_multiplier": 2},
+                            schedule={"max_steps": 2, "warmup_steps": 1}, checkpoint={"every_steps": 1}),
+                run_dir=tmp_path / "run")
+    t.fit()
+    files = [p for p in (tmp_path / "run" / "checkpoints").rglob("*.pt")]
+    assert files
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
