@@ -80,7 +80,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_settings(args: argparse.Namespace) -> FedSettings:
-    from facepriv.training.config import apply_overrides, config_to_dict, load_config
+    from facepriv.training.config import apply_overrides, config_from_dict, config_to_dict, load_config
 
     if args.config is not None:
         cfg = config_to_dict(load_config(args.config, args.set))
@@ -113,6 +113,7 @@ def build_settings(args: argparse.Namespace) -> FedSettings:
         if n_eval >= 2:
             held_out = {"format": "folder", "path": str(root), "identities_list": eval_names}
     cfg["data"]["image_size"] = size
+    config_from_dict(cfg)  # a typo in --set fails here, naming the key, not at a site
     values = cli_values(args)
     return FedSettings.from_dict({**values, "train_config": cfg, "min_train_nodes": args.clients,
                                   "min_available_nodes": args.clients, "data": data, "eval_data": held_out},
@@ -159,7 +160,13 @@ def main(argv: list[str] | None = None, prog: str = "facepriv fed") -> int:
         paths = make_test_certificates(args.out, nodes=args.nodes, hosts=["localhost", "127.0.0.1", *args.host])
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
         return 0
-    settings = build_settings(args)
+    from facepriv.training.config import ConfigError
+
+    try:
+        settings = build_settings(args)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "settings":
         out = Path(settings.out)
         out.mkdir(parents=True, exist_ok=True)

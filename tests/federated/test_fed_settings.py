@@ -127,3 +127,14 @@ def test_message_keys_are_spelled_only_in_protocol():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in keys:
                 offenders.append(f"{path.name}:{node.lineno} {node.value!r}")
     assert not offenders, offenders
+
+
+def test_a_train_config_typo_fails_in_the_cli_naming_the_key(tmp_path, capsys):
+    """Regression: ``facepriv fed settings --set optim.lrr=1`` wrote a settings file that every
+    site would later refuse; now the CLI refuses it at once, naming the key."""
+    from facepriv.federated.cli import main
+
+    assert main(["settings", "--out", str(tmp_path), "--set", "optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err and not (tmp_path / "settings.json").exists()
+    assert main(["settings", "--out", str(tmp_path), "--set", "optim.lr=0.2"]) == 0
+    assert json.loads((tmp_path / "settings.json").read_text())["train_config"]["optim"]["lr"] == 0.2
