@@ -27,10 +27,6 @@ from torch import nn
 FRONTEND_PREFIX = "frontend."
 
 
-class UpdateRejected(ValueError):
-    """A client update failed screening (non-finite, absurd norm, wrong keys or shapes)."""
-
-
 def shared_keys(model: nn.Module) -> list[str]:
     """State-dict keys of ``model`` that travel (see module docstring), in state-dict order."""
     buffer_names = {name for name, _ in model.named_buffers()}

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,8 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, MetricRecord
+
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+
+from facepriv.io import atomic_path, atomic_write
 
 from . import protocol as P
 from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
@@ -156,34 +157,19 @@ class HeldOutVerifier:
 # --------------------------------------------------------------------------- persistence
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_round(out: Path, rnd: int, model: torch.nn.Module, strategy: Any, history: list[dict[str, Any]]) -> Path:
     """Atomic per-round checkpoint; ``server_state.pt`` is written last (the commit marker)."""
     ckdir = out / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     path = ckdir / f"global_round{rnd:04d}.pt"
     model.save(path, extra={"federated_round": rnd, "strategy": getattr(strategy, "name", type(strategy).__name__)})
-    tmp = out / ".global.pt.tmp"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, out / "global.pt")
+    with atomic_path(out / "global.pt", mode=0o600) as tmp:  # the global model carries no site secret, but
+        shutil.copyfile(path, tmp)                            # its frontend config may: owner-only like checkpoints
     from .strategies import strategy_state
 
     state = {"round": rnd, "model": path.name, "strategy": _np_to_torch(strategy_state(_inner(strategy))),
              "history": json.dumps(history, default=_jsonable)}
-    _atomic_bytes(ckdir / "server_state.pt", pack(state))
+    atomic_write(ckdir / "server_state.pt", pack(state), fsync=True)
     return path
 
 

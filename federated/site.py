@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from facepriv.io import atomic_write
 
 #: Context.state keys.
 HEAD_KEY = "facepriv.head"
@@ -159,20 +159,11 @@ def state_file(node_config: Mapping[str, Any], run_key: str) -> Path | None:
 
 
 def save_site_state(state: dict[str, Any], path: Path | None) -> None:
-    """Atomic write (temp file + rename) so a crash mid-write leaves the previous state."""
+    """Atomic, owner-only write (``facepriv.io.atomic_write``): a crash mid-write leaves the
+    previous state, and the file holds the site's secrets (DP randomness, frontend secrets)."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pack(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, pack(state), fsync=True, mode=0o600)
 
 
 def load_site_state(path: Path | None) -> dict[str, Any] | None:
