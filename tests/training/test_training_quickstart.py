@@ -172,6 +172,8 @@ def test_judge_falls_back_to_rgb_without_dlib_and_says_why(monkeypatch, tmp_path
     monkeypatch.setattr(judges, "CheckpointJudge", lambda path, **kw: _FakeJudge("checkpoint", 0.0))
     _, info = choose_judge("auto", tmp_path / "rgb.pt", _victims())
     assert info["chosen"] == "rgb" and "dlib is not installed" in info["why"]
+    _, info = choose_judge("auto", tmp_path / "rgb.pt", _victims(), auto_candidates=("rgb",))
+    assert info["chosen"] == "rgb" and "skips dlib" in info["why"] and "dlib_unavailable" not in info
     with pytest.raises(judges.JudgeError):
         choose_judge("dlib", tmp_path / "rgb.pt", _victims())  # asked for explicitly: no silent substitute
 
@@ -235,7 +237,8 @@ def _results(tmp_path: Path) -> dict:
     }
     return {"plan": {**plan.__dict__}, "data": {"pairs_count": 200}, "threads": 2, "models": models,
             "pixel_baseline": _entry("pixels", 0.3, 1), "raw_images_leakage": {tpr_key(1e-3): 0.7},
-            "judge": {"chosen": "rgb", "why": "a test"}, "recipe": Recipe().describe(), "attack_steps": 30,
+            "judge": {"chosen": "rgb", "why": "a test"}, "recipe": Recipe().describe(),
+            "attack_steps": {"partialface": {"steps": 30, "budget_s": 8.0}},
             "attacks_run": ["analytic", "learned"], "total_seconds": 99.0, "stage_seconds": {"train rgb": 20.0}}
 
 
@@ -261,3 +264,21 @@ def test_html_escapes_and_formats_inline_markdown(tmp_path: Path) -> None:
     page = to_html([("p", "a <b> & `code` **bold**")], tmp_path)
     assert "a &lt;b&gt; &amp; <code>code</code> <strong>bold</strong>" in page
     assert to_markdown([("table", ["a", "b"], [[1, 2]])]).splitlines()[:3] == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_attack_steps_follow_the_measured_cost_of_each_frontend() -> None:
+    """DCTDP's simulated protection costs far more per step than PartialFace's, so the same
+    budget buys it fewer learned-attack steps; the count stays within [10, max_attack_steps]."""
+    from facepriv.frontends import DCTDP, PartialFace
+    from facepriv.training.quickstart.leakage import plan_attack_steps
+
+    plan = make_plan(fast=False)
+    aux = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
+    pf_steps, pf_sim = plan_attack_steps(PartialFace(), aux, 20.0, plan, seed=0, rgb_step_s=0.01)
+    dp_steps, dp_sim = plan_attack_steps(DCTDP(input_size=64), aux, 20.0, plan, seed=0, rgb_step_s=0.01)
+    assert dp_sim > pf_sim and dp_steps <= pf_steps
+    assert 10 <= dp_steps <= pf_steps <= plan.max_attack_steps
+    assert plan_attack_steps(DCTDP(input_size=64), aux, 0.0, plan, seed=0, rgb_step_s=0.01)[0] == 10
+    # a slower machine (slower RGB step) buys fewer steps for the same budget
+    slow, _ = plan_attack_steps(PartialFace(), aux, 20.0, plan, seed=0, rgb_step_s=1.0)
+    assert slow < pf_steps

@@ -68,9 +68,10 @@ def _strength(leak: dict[str, Any]) -> tuple[float, float, float]:
     return v(tpr_key(LEAKAGE_FPR)), v(tpr_key(FALLBACK_FPR)), v("rank1")
 
 
-def choose_judge(spec: str, rgb_model: Path, victims: Any) -> tuple[Any, dict[str, Any]]:
+def choose_judge(spec: str, rgb_model: Path, victims: Any,
+                 auto_candidates: tuple[str, ...] = ("dlib", "rgb")) -> tuple[Any, dict[str, Any]]:
     """A ``JudgeCache`` over the chosen judge (raw probes and gallery already embedded) and
-    what the report says about the choice."""
+    what the report says about the choice. ``auto_candidates``: the judges ``auto`` compares."""
     from facepriv.eval.attacks.runner import JudgeCache
     from facepriv.judges import CheckpointJudge, JudgeError, build_judge
 
@@ -78,7 +79,7 @@ def choose_judge(spec: str, rgb_model: Path, victims: Any) -> tuple[Any, dict[st
         raise ValueError(f"judge must be one of {JUDGES}, got {spec!r}")
     candidates: dict[str, Any] = {}
     info: dict[str, Any] = {"requested": spec, "candidates": {}}
-    if spec in ("auto", "dlib"):
+    if spec == "dlib" or (spec == "auto" and "dlib" in auto_candidates):
         try:
             candidates["dlib"] = build_judge("dlib")
         except (JudgeError, ImportError, OSError) as exc:
@@ -101,8 +102,9 @@ def choose_judge(spec: str, rgb_model: Path, victims: Any) -> tuple[Any, dict[st
     if spec != "auto":
         info["why"] = f"requested with --judge {spec}"
     elif len(candidates) == 1:
-        info["why"] = (f"dlib is not available ({info.get('dlib_unavailable')}), so the RGB model trained in this run "
-                       "judges (the attacks never see it)")
+        reason = (f"dlib is not available ({info['dlib_unavailable']})" if "dlib_unavailable" in info
+                  else "the smoke test (--fast) skips dlib's pass over the faces")
+        info["why"] = f"{reason}, so the RGB model trained in this run judges (the attacks never see it)"
     else:
         other = next(n for n in candidates if n != chosen)
         o = info["candidates"][other]["raw_images"]
@@ -120,6 +122,39 @@ def _f(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "n/m"
 
 
+#: cost of one step of the learned attacks' two networks (decoder + linkage, width 16, batch 16, 64x64)
+#: in units of one RGB training step (batch 32) on the same machine and threads: measured ~3 (profile
+#: of the quickstart's attack stage, 1 and 2 threads)
+NETWORK_STEP_IN_RGB_STEPS = 3.0
+
+
+def plan_attack_steps(frontend: Any, aux_images: Any, budget_s: float, plan: Plan, seed: int,
+                      rgb_step_s: float, batch_size: int = 16) -> tuple[int, float]:
+    """Learned-attack steps that fit ``budget_s`` for this frontend, and the measured seconds
+    per simulated batch.
+
+    A step of each learned attack protects a batch of the attacker's faces with its own
+    randomness (``AttackerView.simulate``: timed here, since it costs ~50x more for DCTDP,
+    189 noisy channels per pixel, than for PartialFace), then runs its network forward and
+    backward (estimated from this machine's RGB training step, ``rgb_step_s``). The count is
+    at least 10 and at most ``plan.max_attack_steps``.
+    """
+    import torch
+
+    from facepriv.eval.attacks.views import build_view
+
+    view = build_view(frontend, "public", attacker_seed=seed)
+    x = aux_images[:batch_size].float() / 255.0
+    g = torch.Generator().manual_seed(seed)
+    view.simulate(x[:2], g)  # first-call overheads
+    t0 = time.perf_counter()
+    view.simulate(x, g)
+    sim = time.perf_counter() - t0
+    per_step = 2 * sim + NETWORK_STEP_IN_RGB_STEPS * rgb_step_s
+    steps = int(budget_s / max(per_step, 1e-6))
+    return max(10, min(plan.max_attack_steps, steps)), sim
+
+
 def attack_config(plan: Plan, steps: int, seed: int) -> Any:
     """The quickstart's small attack budget: every analytic fill, a short learned decoder and a
     short linkage network (the judge's embedding regressed from the protected tensor), by an
@@ -131,11 +166,14 @@ def attack_config(plan: Plan, steps: int, seed: int) -> Any:
     from facepriv.eval.attacks.linkage import LinkageConfig
     from facepriv.eval.attacks.runner import AttackConfig
 
-    short = {"steps": steps, "batch_size": 16, "width": 24, "warmup": max(1, min(50, steps // 10)),
-             "checkpoint_every": max(steps, 1), "seed": seed}
+    short = {"steps": steps, "batch_size": 16, "width": 16, "warmup": max(1, min(50, steps // 10)),
+             "checkpoint_every": max(steps, 1), "standardise_batches": 2, "seed": seed}
+    # linkage without flip augmentation (it would need the judge's pass over mirrored faces too)
+    # and without the protected-gallery link (not part of the leakage figure): both cost time
     return AttackConfig(attacks=list(ATTACKS), knowledge="public", fills=list(FILLS), victim_batch=16,
                         grid_victims=plan.grid_victims, seed=seed, progress=False, bootstrap=plan.bootstrap,
-                        learned=LearnedConfig(depth=3, **short), linkage=LinkageConfig(depth=3, **short))
+                        learned=LearnedConfig(depth=3, **short),
+                        linkage=LinkageConfig(depth=3, flip=False, protected_gallery=False, **short))
 
 
 def attack_frontend(name: str, model_file: str | Path, attack_data: dict[str, Any], cache: Any, config: Any,

@@ -215,8 +215,10 @@ def blocks(results: dict[str, Any], figures: dict[str, str | None]) -> list[Bloc
     details = [
         f"Identity judge: **{judge.get('chosen', 'n/a')}**, chosen because {judge.get('why', 'n/a')}.",
         *[f"Recipe: {line}." for line in results["recipe"]],
-        f"Attack budget per protected frontend: {results.get('attack_steps')} learned-decoder steps; attacks: "
-        f"{', '.join(results.get('attacks_run') or [])}. Per-attack numbers: `attacks/attack.md`.",
+        "Attacks (no secret known): " + ", ".join(results.get("attacks_run") or []) + "; learned decoder and linkage "
+        "network steps per frontend, from its time budget: "
+        + (", ".join(f"{n} {a['steps']} ({a['budget_s']:.0f} s)" for n, a in (results.get("attack_steps") or {}).items())
+           or "n/a") + ". Per-attack numbers: `attacks/attack.md`.",
     ]
     for name, m in results["models"].items():
         pr = m.get("privacy_report") or {}
