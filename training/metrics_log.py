@@ -36,6 +36,16 @@ def _fmt(v: Any) -> Any:
     return v
 
 
+def last_logged_loss(run_dir: str | os.PathLike[str]) -> float | None:
+    """The last training loss a run logged (``train_log.csv``), or None if there is none."""
+    try:
+        with open(Path(run_dir) / "train_log.csv", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return float(rows[-1]["loss"]) if rows else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 class CsvLog:
     """Append rows with fixed columns; ``truncate_after(step)`` makes resume idempotent."""
 

@@ -138,6 +138,7 @@ def _with_shared_secrets(cfg: ExperimentConfig, frontend: dict[str, Any]) -> dic
 def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
     from facepriv.training.checkpoint import latest_checkpoint
     from facepriv.training.config import config_from_dict
+    from facepriv.training.metrics_log import last_logged_loss
     from facepriv.training.trainer import Trainer
 
     run_dir = out / "models" / spec.name
@@ -158,22 +159,11 @@ def train_central(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: 
     done = {"mode": spec.mode, "steps": trainer.step, "steps_this_session": trainer.step - start_step,
             "epochs": trainer.step / max(1, trainer.steps_per_epoch), "seconds_this_session": round(seconds, 1),
             "faces_per_second": round((trainer.step - start_step) * batch / max(seconds, 1e-9), 2),
-            "images_seen": trainer.step * batch, "final_loss": _last_loss(run_dir),
+            "images_seen": trainer.step * batch, "final_loss": last_logged_loss(run_dir),
             "privacy_report": summary.get("privacy_report"), "bad_samples": summary.get("bad_samples"),
             "warm_start": summary.get("warm_start")}
     _write_json(run_dir / "train_done.json", done)
     return done
-
-
-def _last_loss(run_dir: Path) -> float | None:
-    import csv
-
-    try:
-        with open(run_dir / "train_log.csv", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return float(rows[-1]["loss"]) if rows else None
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def train_federated(cfg: ExperimentConfig, spec: ModelSpec, layout: LfwHalf, out: Path) -> dict[str, Any]:
