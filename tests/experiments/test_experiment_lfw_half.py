@@ -303,3 +303,29 @@ def test_cpu_recipe_config_loads_with_a_pack():
     path = Path(__file__).resolve().parents[2] / "eval" / "experiments" / "configs" / "recipe_rgb_cpu.yaml"
     cfg = load_train_config(path, ["data.path=/x/train.rec", "distill.teacher=pack:/x"])
     assert cfg.data.format == "recordio" and cfg.distill.enabled and cfg.model["width"] == 0.25
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_every_shipped_row_builds_its_training_config(scale, tmp_path):
+    """The config path without data or a GPU: every row of the shipped CPU and GPU configs turns
+    into a TrainConfig that passes the load-time checks (frontend, backbone and head built on the
+    meta device), warm-started rows point at their donor's model, and the GPU scale differs from
+    the CPU one only in its YAML."""
+    from facepriv.eval.experiments.lfw_data import LfwHalf
+    from facepriv.eval.experiments.lfw_half import train_config
+    from facepriv.training.config import config_from_dict as train_config_from_dict
+
+    cfg = load_config(scale)
+    layout = LfwHalf(root=str(tmp_path), lfw_images=str(tmp_path), train=str(tmp_path / "train"), aux="", victims="",
+                     pairs="", counts={})
+    for spec in cfg.models:
+        tc = train_config(cfg, spec, layout, tmp_path)
+        tc["device"] = "cpu"  # the CUDA-less dry run of the config path
+        checked = train_config_from_dict(tc)
+        assert checked.frontend["name"] == spec.frontend["name"]
+        if spec.init_from:
+            assert checked.init_from == str(tmp_path / "models" / spec.init_from / "model.pt")
+            assert checked.schedule.max_steps < cfg.train["schedule"]["max_steps"]
+    names = [m.name for m in cfg.models]
+    assert sum(n.startswith("dctdp_") for n in names) >= 4 and "minusface_distill" in names
+    assert cfg.attacks.max_victims >= 300 and "linkage" in cfg.attacks.config["attacks"]
