@@ -153,7 +153,8 @@ def interpretation(results: dict[str, Any]) -> str:
         low = [n for n in prot if (auc[n] or 0) < GOAL_AUC]
         parts.append(f"Trained only on protected tensors, the protected models reach AUC {said}: "
                      + (f"every one clearly above chance (0.5) and at least {GOAL_AUC}." if not low else
-                        f"{', '.join(low)} stays below the {GOAL_AUC} aim at this budget."))
+                        f"{', '.join(low)} {'stays' if len(low) == 1 else 'stay'} below the {GOAL_AUC} aim at this "
+                        "budget."))
     leaks = []
     for n in prot:
         lk = models[n].get("leakage") or {}
