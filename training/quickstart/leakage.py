@@ -137,7 +137,7 @@ def plan_attack_steps(frontend: Any, aux_images: Any, budget_s: float, plan: Pla
     randomness (``AttackerView.simulate``: timed here, since it costs ~50x more for DCTDP,
     189 noisy channels per pixel, than for PartialFace), then runs its network forward and
     backward (estimated from this machine's RGB training step, ``rgb_step_s``). The count is
-    at least 10 and at most ``plan.max_attack_steps``.
+    at least ``plan.min_attack_steps`` and at most ``plan.max_attack_steps``.
     """
     import torch
 
@@ -152,7 +152,7 @@ def plan_attack_steps(frontend: Any, aux_images: Any, budget_s: float, plan: Pla
     sim = time.perf_counter() - t0
     per_step = 2 * sim + NETWORK_STEP_IN_RGB_STEPS * rgb_step_s
     steps = int(budget_s / max(per_step, 1e-6))
-    return max(10, min(plan.max_attack_steps, steps)), sim
+    return max(plan.min_attack_steps, min(plan.max_attack_steps, steps)), sim
 
 
 def attack_config(plan: Plan, steps: int, seed: int) -> Any:

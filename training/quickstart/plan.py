@@ -41,6 +41,7 @@ class Plan:
     batch_size: int = 32
     max_steps: int = 4000
     min_steps: int = 20
+    min_attack_steps: int = 10
     repetitions: int = 3  # verification repetitions of the frontend randomness
     grid_victims: int = 4
     max_aux: int | None = None  # attacker's auxiliary faces (a random subset of the training images)
@@ -58,10 +59,10 @@ def make_plan(fast: bool) -> Plan:
     """The full demo (about 7.5 minutes on 2 cores) or the CI smoke test (under 2 minutes)."""
     if fast:
         return Plan(fast=True, train_identities=24, train_images=12, test_identities=20, test_images=5,
-                    pairs_per_fold=15, budgets={"rgb": 20.0, "partialface": 9.0, "dctdp": 9.0},
-                    attack_budgets={"partialface": 8.0, "dctdp": 10.0}, max_attack_steps=40, total_s=105.0,
-                    after_training_s=45.0, min_steps=12, repetitions=2, grid_victims=3, bootstrap=100,
-                    auto_judges=("rgb",))
+                    pairs_per_fold=15, budgets={"rgb": 16.0, "partialface": 9.0, "dctdp": 8.0},
+                    attack_budgets={"partialface": 8.0, "dctdp": 8.0}, max_attack_steps=40, total_s=95.0,
+                    after_training_s=45.0, min_steps=8, min_attack_steps=5, repetitions=2, grid_victims=3,
+                    bootstrap=100, auto_judges=("rgb",))
     # measured on 2 pinned cores of a Xeon server: RGB ~0.2 s/step, DCTDP ~1.1 s/step (batch 32);
     # RGB reached AUC 0.98 after 240 steps, DCTDP needs as many steps as it can get
     return Plan(fast=False, train_identities=64, train_images=24, test_identities=30, test_images=10,
