@@ -50,7 +50,7 @@ def evaluate(
 
 def attack(
     target: Any,
-    aux: str | os.PathLike[str],
+    aux: str | os.PathLike[str] | list[str | os.PathLike[str]],
     victims: str | os.PathLike[str],
     *,
     out: str | os.PathLike[str] | None = None,
@@ -70,7 +70,7 @@ def attack(
     :class:`~facepriv.eval.attacks.runner.AttackConfig` fields (``attacks``, ``knowledge``,
     ``device``, ...). Returns the run's results; with ``out``, also its grids and files.
     """
-    from facepriv.eval.attacks.data import load_faces, load_victims
+    from facepriv.eval.attacks.data import load_attack_inputs
     from facepriv.eval.attacks.runner import AttackConfig, run_attacks
     from facepriv.models import FaceRecognizer
 
@@ -90,8 +90,6 @@ def attack(
         from facepriv.judges import build_judge
 
         judge_obj = build_judge(judge, device=cfg.device)
-    loaded_victims = load_victims(victims, image_size=image_size, max_victims=max_victims, seed=cfg.seed,
-                                  progress=cfg.progress)
-    loaded_aux = load_faces(aux, image_size=image_size, max_images=max_aux, seed=cfg.seed, progress=cfg.progress,
-                            desc="aux")
-    return run_attacks(frontend, loaded_aux, loaded_victims, judge=judge_obj, config=cfg, out=out, model=model)
+    inputs = load_attack_inputs(aux, victims, image_size=image_size, max_victims=max_victims, max_aux=max_aux,
+                                seed=cfg.seed, progress=cfg.progress)
+    return run_attacks(frontend, inputs["aux"], inputs["victims"], judge=judge_obj, config=cfg, out=out, model=model)

@@ -112,3 +112,18 @@ def test_readme_deployed_path_snippet_runs(tmp_path) -> None:
     assert scope["emb"].shape[0] == 2 and scope["score"].shape == (1,)
     for step in ("rec.protect(faces)", "rec.embed(protected)", "rec.verify("):
         assert step in blocks[0]
+
+
+def test_attack_api_checks_identity_disjointness_like_the_cli(tmp_path) -> None:
+    """facepriv.attack loads its data through the CLI's loader: overlapping people are refused."""
+    import pytest
+
+    import facepriv
+    from facepriv.data import write_folder
+
+    write_folder(tmp_path / "aux", 3, 2, seed=0, image_size=32, progress=False)
+    write_folder(tmp_path / "victims", 3, 2, seed=0, image_size=32, progress=False)  # the same identities
+    from facepriv.frontends import build_frontend
+
+    with pytest.raises(ValueError, match="identities appear in both"):
+        facepriv.attack(build_frontend("dct"), tmp_path / "aux", tmp_path / "victims", image_size=32)

@@ -235,14 +235,13 @@ def main(argv: list[str] | None = None, prog: str = "facepriv attack") -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from facepriv.eval.attacks.data import check_disjoint, concat_faces, load_faces, load_victims
+    from facepriv.eval.attacks.data import load_attack_inputs
     from facepriv.eval.attacks.report import write_report
     from facepriv.eval.attacks.runner import JudgeCache, run_attacks
 
     cfg = _config(args)
     out = Path(args.out)
     progress = cfg.progress
-    overlap = [check_disjoint(a, args.victims) for a in args.aux]
     targets = _frontends(args, args.image_size)
     judge = None
     if args.judge.lower() != "none":
@@ -250,10 +249,9 @@ def _run(args: argparse.Namespace) -> int:
 
         judge = build_judge(args.judge, device=cfg.device)
     t0 = time.perf_counter()
-    victims = load_victims(args.victims, image_size=args.image_size, max_victims=args.max_victims,
-                           max_gallery_per_identity=args.max_gallery, seed=args.seed, progress=progress)
-    aux = concat_faces([load_faces(a, image_size=args.image_size, max_images=args.max_aux or None, seed=args.seed,
-                                   progress=progress, desc="aux") for a in args.aux])
+    inputs = load_attack_inputs(args.aux, args.victims, image_size=args.image_size, max_victims=args.max_victims,
+                                max_gallery=args.max_gallery, max_aux=args.max_aux, seed=args.seed, progress=progress)
+    victims, aux = inputs["victims"], inputs["aux"]
     cache = JudgeCache(judge) if judge is not None else None
     runs = []
     used: dict[str, int] = {}
@@ -276,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
             "recovered": "no secret; PartialFace's layouts recovered from intercepted traffic alone",
             "gradient": "honest-but-curious federated server: the global model and one site's update",
         },
-        "data_overlap_check": overlap[0] if len(overlap) == 1 else overlap,
+        "data_overlap_check": inputs["overlap_check"],
         "judge": judge.describe() if judge is not None else None,
         "runs": runs,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from facepriv.data import DataError, ImageFolderDataset, list_identity_folders
 
-__all__ = ["FaceSet", "VictimSplit", "check_disjoint", "concat_faces", "load_faces", "split_victims", "load_victims"]
+__all__ = ["FaceSet", "VictimSplit", "check_disjoint", "concat_faces", "load_attack_inputs", "load_faces", "load_victims",
+           "split_victims"]
 
 
 @dataclass
@@ -206,3 +207,24 @@ def load_victims(root: str | os.PathLike[str], *, image_size: int = 112, max_vic
     split = split_victims(faces, max_gallery_per_identity=max_gallery_per_identity, seed=seed)
     split.n_single_image_identities += n_folders - len(ds.class_names)
     return split
+
+
+def load_attack_inputs(aux: str | os.PathLike[str] | list[str | os.PathLike[str]], victims: str | os.PathLike[str], *,
+                       image_size: int = 112, max_victims: int | None = None, max_gallery: int | None = None,
+                       max_aux: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """What every attack run loads, checked the same way for the CLI and the Python API:
+    the victims, the attacker's auxiliary faces (one or several folders, pooled) and the
+    identity-disjointness check of every auxiliary folder against the victims (an attack
+    scored on people the attacker trained on overstates leakage)."""
+    aux_roots = [aux] if isinstance(aux, (str, os.PathLike)) else list(aux)
+    if not aux_roots:
+        raise ValueError("give at least one auxiliary face folder")
+    overlap = [check_disjoint(a, victims) for a in aux_roots]
+    gallery = {} if max_gallery is None else {"max_gallery_per_identity": max_gallery}
+    loaded_victims = load_victims(victims, image_size=image_size, max_victims=max_victims, seed=seed,
+                                  progress=progress, **gallery)
+    loaded_aux = concat_faces([load_faces(a, image_size=image_size, max_images=max_aux or None, seed=seed,
+                                          progress=progress, desc="aux") for a in aux_roots])
+    return {"victims": loaded_victims, "aux": loaded_aux,
+            "overlap_check": overlap[0] if len(overlap) == 1 else overlap}
+
