@@ -21,7 +21,6 @@ learning-rate schedule completes on a slow or a fast machine alike.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ class Recipe:
         """One line per lever, for the report."""
         return [
             f"warm start from the RGB model's backbone: {'yes' if self.warm_start else 'no (from scratch)'}",
-            f"distillation from the RGB model's embeddings of the training images: "
+            "distillation from the RGB model's embeddings of the training images: "
             + (f"yes (cosine loss + {self.head_weight:g} x ArcFace)" if self.distill else "no (ArcFace only)"),
             "DCTDP noise calibrated to the exact coefficient ranges (clip: exact): "
             + ("yes" if self.exact_sensitivity else "no (clip: calibrated, the old quantile bounds)"),
@@ -143,6 +142,7 @@ def train_model(name: str, out: Path, data: dict[str, Any], plan: Plan, seed: in
                 recipe: Recipe, rgb_model: Path | None = None) -> dict[str, Any]:
     """Train model ``name`` for ``budget`` seconds; returns what the report needs about it."""
     from facepriv.training.config import config_from_dict
+    from facepriv.training.metrics_log import last_logged_loss
     from facepriv.training.trainer import Trainer
 
     teacher_cache = out / "teacher"
@@ -175,19 +175,9 @@ def train_model(name: str, out: Path, data: dict[str, Any], plan: Plan, seed: in
         "train_seconds": seconds,
         "seconds_per_step": per_step,
         "images_per_second": steps * plan.batch_size / seconds if seconds > 0 else None,
-        "final_loss": last_loss(run_dir),
+        "final_loss": last_logged_loss(run_dir),
         "privacy_report": summary.get("privacy_report"),
         "warm_start": summary.get("warm_start"),
         "distilled": bool(cfg.distill.enabled),
         "bad_samples": summary.get("bad_samples"),
     }
-
-
-def last_loss(run_dir: Path) -> float | None:
-    """The last logged training loss (``train_log.csv``), or None."""
-    try:
-        with open(run_dir / "train_log.csv", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return float(rows[-1]["loss"]) if rows else None
-    except (OSError, KeyError, ValueError):
-        return None
