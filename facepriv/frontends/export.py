@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from facepriv.frontends.base import Frontend
 from facepriv.frontends.baselines import DCTFrontend, RGBFrontend
 from facepriv.frontends.cli_args import add_frontend_arguments, fixed_inference_seed_error, frontend_from_args
-from facepriv.frontends.dct import N_COLORS, COEFFS_PER_BLOCK, block_dct_graph, block_dct_select_graph
+from facepriv.frontends.dct import block_dct_graph
 from facepriv.frontends.dp import AC_INDEX, DCTDP
 from facepriv.frontends.laplace import LEVEL, discrete_laplace
 from facepriv.frontends.partial import PartialFace
@@ -48,20 +48,6 @@ class _DCTDevice(nn.Module):
         return block_dct_graph(images, self.upsample)
 
 
-class _PartialFaceDevice(nn.Module):
-    def __init__(self, f: PartialFace) -> None:
-        super().__init__()
-        self.upsample = f.upsample
-        self.register_buffer("subset_table", f.subset_table.clone())
-        self.register_buffer("permutations", f.permutations.clone())
-        self.register_buffer("colour_offset", (torch.arange(N_COLORS) * COEFFS_PER_BLOCK).view(1, N_COLORS, 1))
-
-    def forward(self, images: Tensor, subset_ids: Tensor, permutation_ids: Tensor) -> Tensor:
-        freqs = torch.gather(self.subset_table[subset_ids], 1, self.permutations[permutation_ids])
-        channels = (self.colour_offset + freqs.unsqueeze(1)).flatten(1)
-        return block_dct_select_graph(images, channels, self.upsample)
-
-
 class _DCTDPDevice(nn.Module):
     """DCTDP's exact grid mechanism; the integer noise ``noise_grid`` is the app's input."""
 
@@ -84,12 +70,8 @@ class _DCTDPDevice(nn.Module):
 def device_module(frontend: Frontend) -> tuple[nn.Module, list[str], str]:
     """The traceable device graph, its input names, and the randomness contract in words."""
     own = getattr(frontend, "device_module", None)
-    if callable(own):  # a frontend that builds its own graph (MinusFace: a PartialFace subclass with a generator)
+    if callable(own):  # frontends that build their own graph (PartialFace, and MinusFace through it)
         return own()
-    if isinstance(frontend, PartialFace):
-        return (_PartialFaceDevice(frontend), ["images", "subset_ids", "permutation_ids"],
-                f"subset_ids: int64 (B,) uniform in [0, {frontend.n_subsets}); permutation_ids: int64 (B,) uniform in "
-                f"[0, {frontend.n_permutations}); both from the platform CSPRNG, fresh for every image")
     if isinstance(frontend, DCTDP):
         return (_DCTDPDevice(frontend), ["images", "noise_grid"],
                 f"noise_grid: float32 (B, 189, H, W) integers, i.i.d. discrete Laplace P(z) ~ 2^(-|z|/{LEVEL}), drawn exactly "

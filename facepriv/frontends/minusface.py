@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facepriv.frontends.dct import (
-    BLOCK, COEFFS_PER_BLOCK, FULL_CHANNELS, N_COLORS, _band_on, axis_operator, block_dct, block_dct_select_graph,
+    BLOCK, FULL_CHANNELS, N_COLORS, _band_on, axis_operator, block_dct, block_dct_select_graph,
     rgb_to_ycbcr_shifted, ycbcr_shifted_to_rgb,
 )
-from facepriv.frontends.partial import PartialFace
+from facepriv.frontends.partial import PartialFace, PartialFaceDevice
 from facepriv.frontends.randomness import make_generator
 
 #: Face size the generator's output gains are computed for (a scale only; any size works).
@@ -327,26 +327,18 @@ class MinusFace(PartialFace):
         })
         return report
 
-    def device_module(self) -> tuple[nn.Module, list[str], str]:
-        """The traceable device graph, its input names and the randomness contract (``facepriv export``)."""
-        return (_MinusFaceDevice(self), ["images", "subset_ids", "permutation_ids"],
-                f"subset_ids: int64 (B,) uniform in [0, {self.n_subsets}); permutation_ids: int64 (B,) uniform in "
-                f"[0, {self.n_permutations}); both from the platform CSPRNG, fresh for every image")
+    def _device_graph(self) -> nn.Module:
+        return _MinusFaceDevice(self)
 
 
-class _MinusFaceDevice(nn.Module):
-    """Export graph: PartialFace's channel choice from explicit ids, then the residue at those channels."""
+class _MinusFaceDevice(PartialFaceDevice):
+    """PartialFace's device graph minus the generator's regeneration of the same channels."""
 
     def __init__(self, f: MinusFace) -> None:
-        super().__init__()
-        self.upsample = f.upsample
+        super().__init__(f)
         self.generator = copy.deepcopy(f.generator).eval()
-        self.register_buffer("subset_table", f.subset_table.clone())
-        self.register_buffer("permutations", f.permutations.clone())
-        self.register_buffer("colour_offset", (torch.arange(N_COLORS) * COEFFS_PER_BLOCK).view(1, N_COLORS, 1))
 
     def forward(self, images: Tensor, subset_ids: Tensor, permutation_ids: Tensor) -> Tensor:
-        freqs = torch.gather(self.subset_table[subset_ids], 1, self.permutations[permutation_ids])
-        channels = (self.colour_offset + freqs.unsqueeze(1)).flatten(1)
+        channels = self.channels(subset_ids, permutation_ids)
         observed = block_dct_select_graph(images, channels, self.upsample)
         return observed - self.generator.selected(self.generator.features(images), channels)

@@ -23,10 +23,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from facepriv.frontends.base import Frontend, validate_images
-from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS, axis_operator, block_dct_select
+from facepriv.frontends.dct import (
+    BLOCK,
+    COEFFS_PER_BLOCK,
+    N_COLORS,
+    axis_operator,
+    block_dct_select,
+    block_dct_select_graph,
+)
 from facepriv.frontends.randomness import make_generator, secure_randbelow
 
 
@@ -161,6 +168,15 @@ class PartialFace(Frontend):
     def expand_labels(self, labels: Tensor) -> Tensor:
         return labels.repeat_interleave(self.sample_multiplier) if self.training else labels
 
+    def device_module(self) -> tuple[nn.Module, list[str], str]:
+        """The traceable device graph, its input names and the randomness contract (``facepriv export``)."""
+        return (self._device_graph(), ["images", "subset_ids", "permutation_ids"],
+                f"subset_ids: int64 (B,) uniform in [0, {self.n_subsets}); permutation_ids: int64 (B,) uniform in "
+                f"[0, {self.n_permutations}); both from the platform CSPRNG, fresh for every image")
+
+    def _device_graph(self) -> nn.Module:
+        return PartialFaceDevice(self)
+
     def privacy_report(self) -> dict[str, Any]:
         """What one query reveals, stated against what attacks measured (not the spectrum fraction alone)."""
         kept = len(self.kept)
@@ -270,3 +286,24 @@ class PartialFace(Frontend):
         channels = self.subset_channels(subset.to(self.subset_table.device), permutation.to(self.subset_table.device))
         out = self.coefficients(images, channels.view(b, -1).to(images.device))
         return out.view(b * views, self.out_channels, *out.shape[-2:])
+
+
+class PartialFaceDevice(nn.Module):
+    """PartialFace as a traceable device graph (``facepriv export``): the per-image subset and
+    permutation ids are inputs, so the app draws them from the platform CSPRNG."""
+
+    def __init__(self, f: PartialFace) -> None:
+        super().__init__()
+        self.upsample = f.upsample
+        self.register_buffer("subset_table", f.subset_table.clone())
+        self.register_buffer("permutations", f.permutations.clone())
+        self.register_buffer("colour_offset", (torch.arange(N_COLORS) * COEFFS_PER_BLOCK).view(1, N_COLORS, 1))
+
+    def channels(self, subset_ids: Tensor, permutation_ids: Tensor) -> Tensor:
+        """Full-layout channel indices (B, 3*s) of each image's subset and permutation."""
+        freqs = torch.gather(self.subset_table[subset_ids], 1, self.permutations[permutation_ids])
+        return (self.colour_offset + freqs.unsqueeze(1)).flatten(1)
+
+    def forward(self, images: Tensor, subset_ids: Tensor, permutation_ids: Tensor) -> Tensor:
+        return block_dct_select_graph(images, self.channels(subset_ids, permutation_ids), self.upsample)
+
