@@ -601,7 +601,6 @@ def measure_inference(device: Any, sz: dict[str, Any], names: list[str], budget:
         med, pmed = sorted(times)[len(times) // 2], sorted(prot)[len(prot) // 2]
         out[name] = {"backbone": "iresnet50", "images_per_second": round(x.shape[0] / med, 1),
                      "protect_share": round(pmed / med, 4)}
-        del model
     return out
 
 
