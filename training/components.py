@@ -96,34 +96,11 @@ def dataset_keys(dataset: Dataset) -> list[str]:
 # --------------------------------------------------------------------------- model
 
 
-def input_norm_kind(mode: str, frontend: nn.Module) -> str | None:
-    """Which normalisation sits between frontend and backbone: ``"standardize"`` (fixed
-    per-channel statistics), ``"per_sample"`` or None.
-
-    "auto": none for plain RGB; per-sample for frontends whose channel meaning changes from
-    query to query (PartialFace's secret subsets, ``channels_vary_per_query``), where one
-    fixed scale per channel position would mix frequencies; fixed statistics otherwise.
-    """
-    if mode in ("standardize", "per_sample"):
-        return mode
-    if mode == "none" or getattr(frontend, "name", "") == "rgb":
-        return None
-    return "per_sample" if getattr(frontend, "channels_vary_per_query", False) else "standardize"
-
-
 def backbone_config(cfg: TrainConfig, frontend: Any) -> dict[str, Any]:
     """The model section with what only the frontend knows filled in (channels, size)."""
-    model = dict(cfg.model)
-    out_ch = int(frontend.out_channels)
-    if "in_channels" in model and int(model["in_channels"]) != out_ch:
-        raise ValueError(
-            f"model.in_channels={model['in_channels']} but frontend {frontend.name!r} emits {out_ch} channels; "
-            "leave model.in_channels unset (it is filled in from the frontend)"
-        )
-    model["in_channels"] = out_ch
-    if "input_size" not in model:
-        model["input_size"] = int(frontend.output_size(cfg.data.image_size, cfg.data.image_size)[0])
-    return model
+    from facepriv.models.recognizer import backbone_for
+
+    return backbone_for(frontend, dict(cfg.model), cfg.data.image_size)
 
 
 def frontend_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -141,16 +118,13 @@ def frontend_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_recognizer(cfg: TrainConfig, frontend: nn.Module | None = None) -> nn.Module:
-    """FaceRecognizer(frontend, backbone, input_norm) as described by the config."""
-    from facepriv.frontends import build_frontend
-    from facepriv.models import FaceRecognizer, build_backbone, build_input_norm
+    """FaceRecognizer(frontend, backbone, input_norm) as described by the config; the policy
+    (channels, map size, which input norm) is ``FaceRecognizer.from_config``'s."""
+    from facepriv.models import FaceRecognizer
 
-    if frontend is None:
-        frontend = build_frontend(frontend_config(cfg))
-    backbone = build_backbone(backbone_config(cfg, frontend))
-    kind = input_norm_kind(cfg.input_norm.mode, frontend)
-    input_norm = build_input_norm(None if kind is None else {"kind": kind, "num_channels": int(frontend.out_channels)})
-    return FaceRecognizer(frontend, backbone, input_norm, image_size=cfg.data.image_size)
+    config = {"frontend": frontend_config(cfg), "backbone": dict(cfg.model),
+              "input_norm": cfg.input_norm.mode, "image_size": cfg.data.image_size}
+    return FaceRecognizer.from_config(config, None if frontend is None else (lambda _options: frontend))
 
 
 def embedding_size(recognizer: nn.Module) -> int:

@@ -117,6 +117,8 @@ class PartialFace(Frontend):
             )
         if n_permutations < 1:
             raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+        if upsample not in (1, 2, 4, 8):
+            raise ValueError(f"upsample must be one of 1, 2, 4, 8 (8: TFace layout; 1, 2: compact), got {upsample!r}")
         self.upsample = int(upsample)
         self.pruned = pruned
         self.kept = kept

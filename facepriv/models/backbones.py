@@ -27,6 +27,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "norm": "batch",
     "dropout": 0.0,
     "input_size": 112,
+    "strided_stages": None,  # None: from input_size (112 -> 4; compact 28 -> 2, 14 -> 1)
     "norm_groups": 32,
     "feature_norm": None,  # None: "batch" for norm="batch", "layer" for norm="group"
 }
@@ -67,6 +68,7 @@ def build_backbone(config: dict[str, Any]) -> nn.Module:
             feature_norm_kind=cfg["feature_norm"],
             dropout=float(cfg["dropout"]),
             input_size=int(cfg["input_size"]),
+            strided_stages=cfg["strided_stages"],
         )
     cfg = _resolve(config, IRESNET_DEFAULTS, name)
     layers = cfg["layers"]
@@ -90,6 +92,7 @@ def build_backbone(config: dict[str, Any]) -> nn.Module:
         feature_norm_kind=cfg["feature_norm"],
         dropout=float(cfg["dropout"]),
         input_size=int(cfg["input_size"]),
+        strided_stages=cfg["strided_stages"],
         name=name if name != "iresnet" else None,
     )
 

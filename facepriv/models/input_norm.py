@@ -158,6 +158,40 @@ class PerSampleStandardize(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps)
 
 
+#: What a config may say about the normalisation between frontend and backbone.
+INPUT_NORM_MODES = ("auto", "standardize", "per_sample", "none")
+
+
+def input_norm_kind(mode: str, frontend: nn.Module) -> str | None:
+    """Which normalisation sits between frontend and backbone: ``"standardize"`` (fixed
+    per-channel statistics), ``"per_sample"`` or None.
+
+    "auto": none for plain RGB; per-sample for frontends whose channel meaning changes from
+    query to query (PartialFace's secret subsets, ``channels_vary_per_query``), where one
+    fixed scale per channel position would mix frequencies; fixed statistics otherwise.
+    """
+    if mode not in INPUT_NORM_MODES:
+        raise ValueError(f"input_norm mode must be one of {list(INPUT_NORM_MODES)}, got {mode!r}")
+    if mode in ("standardize", "per_sample"):
+        return mode
+    if mode == "none" or getattr(frontend, "name", "") == "rgb":
+        return None
+    return "per_sample" if getattr(frontend, "channels_vary_per_query", False) else "standardize"
+
+
+def input_norm_spec(spec: Any, frontend: nn.Module) -> dict[str, Any] | None:
+    """Resolve what a model config says about input normalisation into ``build_input_norm``'s
+    dict: ``None``/``False`` (none), ``True`` (fixed per-channel statistics, the older
+    spelling), a mode from ``INPUT_NORM_MODES`` (the policy of ``input_norm_kind``), or an
+    explicit dict (a checkpoint's resolved config, used as is)."""
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, dict):
+        return dict(spec)
+    kind = "standardize" if spec is True else input_norm_kind(str(spec), frontend)
+    return None if kind is None else {"kind": kind, "num_channels": int(frontend.out_channels)}
+
+
 def build_input_norm(config: dict[str, Any] | None) -> nn.Module | None:
     """The input normalisation a checkpoint's ``input_norm`` config describes (None: none)."""
     if not config:

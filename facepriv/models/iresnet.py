@@ -12,6 +12,8 @@ What facepriv adds:
 * ``in_channels``: the protected tensors have 3 (RGB), 27 (PartialFace), 189 (DCTDP) or 192
   (full DCT) channels at 112x112, all fed to the same stride-1 stem;
 * ``width``: a channel multiplier (0.5 gives a CPU-friendly half-width model);
+* ``strided_stages``: compact frequency layouts (28x28 or 14x14 maps) run the first stages at
+  stride 1 instead of up-sampling, so the final map is 7x7 and every weight keeps its shape;
 * ``norm="group"``: GroupNorm everywhere and a per-sample embedding norm, so the model has no
   BatchNorm and trains under Opacus DP-SGD;
 * optional squeeze-and-excitation blocks (insightface's older ``-SE`` variants).
@@ -32,7 +34,9 @@ from facepriv.models.layers import (
     default_feature_norm,
     feature_norm,
     norm2d,
+    resolve_strided_stages,
     scaled,
+    stage_strides,
 )
 
 #: Blocks per stage for the named depths.
@@ -44,7 +48,7 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 }
 
 STAGE_CHANNELS = (64, 128, 256, 512)
-#: Each stage halves the resolution: 112 -> 56 -> 28 -> 14 -> 7.
+#: Each stage halves the resolution: 112 -> 56 -> 28 -> 14 -> 7 (``strided_stages`` = 4).
 TOTAL_STRIDE = 16
 
 
@@ -82,6 +86,7 @@ class IBasicBlock(nn.Module):
         norm_groups: int = 32,
         se: bool = False,
         se_reduction: int = 16,
+        project: bool = False,
     ) -> None:
         super().__init__()
         self.bn1 = norm2d(norm, inplanes, norm_groups)
@@ -92,7 +97,9 @@ class IBasicBlock(nn.Module):
         self.bn3 = norm2d(norm, planes, norm_groups)
         self.se = SEModule(planes, se_reduction) if se else None
         self.downsample: nn.Module | None = None
-        if stride != 1 or inplanes != planes:
+        # ``project``: a stage's first block keeps its 1x1 shortcut even at stride 1 (compact
+        # layouts), so its weights exist in every layout and warm starts transfer them.
+        if stride != 1 or inplanes != planes or project:
             self.downsample = nn.Sequential(
                 nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
                 norm2d(norm, planes, norm_groups),
@@ -127,6 +134,7 @@ class IResNet(BackboneConfigMixin, nn.Module):
         feature_norm_kind: str | None = None,
         dropout: float = 0.0,
         input_size: int = 112,
+        strided_stages: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__()
@@ -135,10 +143,9 @@ class IResNet(BackboneConfigMixin, nn.Module):
             raise ValueError(f"IResNet: layers must be 4 positive block counts, got {layers}")
         if in_channels < 1 or embedding_size < 1:
             raise ValueError(f"IResNet: in_channels and embedding_size must be >= 1, got {in_channels}, {embedding_size}")
-        if input_size < TOTAL_STRIDE or input_size % TOTAL_STRIDE:
-            raise ValueError(f"IResNet: input_size must be a positive multiple of {TOTAL_STRIDE}, got {input_size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"IResNet: dropout must be in [0, 1), got {dropout}")
+        strided = resolve_strided_stages(int(input_size), strided_stages, "IResNet")
         check_norm(norm)
         fnorm = feature_norm_kind or default_feature_norm(norm)
         if fnorm not in FEATURE_NORM_KINDS:
@@ -155,6 +162,7 @@ class IResNet(BackboneConfigMixin, nn.Module):
             "norm": norm,
             "dropout": float(dropout),
             "input_size": int(input_size),
+            "strided_stages": strided,
             "layers": list(layers),
             "norm_groups": int(norm_groups),
             "feature_norm": fnorm,
@@ -168,15 +176,15 @@ class IResNet(BackboneConfigMixin, nn.Module):
         block_kw = {"norm": norm, "norm_groups": norm_groups, "se": se, "se_reduction": se_reduction}
         inplanes = channels[0]
         stages = []
-        for planes, blocks in zip(channels, layers):
-            stage = [IBasicBlock(inplanes, planes, stride=2, **block_kw)]
+        for planes, blocks, stride in zip(channels, layers, stage_strides(strided)):
+            stage = [IBasicBlock(inplanes, planes, stride=stride, project=True, **block_kw)]
             stage += [IBasicBlock(planes, planes, stride=1, **block_kw) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
             inplanes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn2 = norm2d(norm, channels[-1], norm_groups)
         self.dropout = nn.Dropout(p=dropout)
-        spatial = input_size // TOTAL_STRIDE
+        spatial = input_size // 2**strided
         self.fc = nn.Linear(channels[-1] * spatial * spatial, embedding_size)
         self.features = feature_norm(fnorm, embedding_size, freeze_scale=True)
         self._init_weights()

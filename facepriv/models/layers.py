@@ -85,6 +85,57 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+#: The four down-sampling points of both backbones take 112 x 112 faces to a 7 x 7 map.
+STRIDE_POINTS = 4
+FINAL_MAP = 7
+
+
+def resolve_strided_stages(input_size: int, strided_stages: int | None, name: str) -> int:
+    """How many of the four stride-2 points actually down-sample, for ``input_size`` inputs.
+
+    Why: the TFace layout feeds 112 x 112 frequency maps (an x8 up-sampled face), the compact
+    layouts 28 x 28 (x2) or 14 x 14 (x1). Rather than up-sample inside the network, the
+    *first* stride points run at stride 1 so the map still ends at 7 x 7: every weight keeps
+    its shape (a protected student can warm-start from the RGB model) and the cost falls with
+    the map size. ``None``: four for every multiple of 16 (as before), else as many as end
+    the map at exactly 7 x 7 (56 -> 3, 28 -> 2, 14 -> 1); any other size must say.
+    ``FaceRecognizer.from_config`` sets it from the layout instead (``strided_stages_for``).
+    """
+    if strided_stages is None:
+        fits = [k for k in range(STRIDE_POINTS, -1, -1) if input_size == FINAL_MAP * 2**k]
+        if input_size % 2**STRIDE_POINTS == 0 and input_size > 0:
+            strided_stages = STRIDE_POINTS
+        elif fits:
+            strided_stages = fits[0]
+        else:
+            raise ValueError(f"{name}: input_size {input_size} is not divisible by 2**strided_stages = "
+                             f"{2**STRIDE_POINTS} nor a compact 7 x 2**k map; set strided_stages explicitly")
+    k = int(strided_stages)
+    if not 0 <= k <= STRIDE_POINTS:
+        raise ValueError(f"{name}: strided_stages must be in 0..{STRIDE_POINTS}, got {strided_stages!r}")
+    if input_size < 2**k or input_size % 2**k:
+        raise ValueError(f"{name}: input_size {input_size} is not divisible by 2**strided_stages = {2**k}; "
+                         f"use an input_size that is a multiple of {2**k} or fewer strided_stages")
+    return k
+
+
+def strided_stages_for(image_size: int, map_size: int) -> int | None:
+    """The stride points a frontend's ``map_size`` output needs to end where the TFace layout
+    (map = face size) ends: one fewer per halving (x2 layout of a 112 face: 28 -> 2). None
+    when the map is not a power-of-two fraction of the face (the backbone's rule applies)."""
+    if map_size <= 0 or image_size % map_size:
+        return None
+    ratio = image_size // map_size
+    if ratio & (ratio - 1) or ratio > 2**STRIDE_POINTS:
+        return None
+    return STRIDE_POINTS - (ratio.bit_length() - 1)
+
+
+def stage_strides(strided_stages: int) -> tuple[int, ...]:
+    """Stride of each of the four down-sampling points: the last ``strided_stages`` are 2."""
+    return tuple(1 if i < STRIDE_POINTS - strided_stages else 2 for i in range(STRIDE_POINTS))
+
+
 class BackboneConfigMixin:
     """The ``config`` contract every backbone shares, kept in one place.
 

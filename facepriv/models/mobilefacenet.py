@@ -26,7 +26,9 @@ from facepriv.models.layers import (
     feature_norm,
     group_count,
     norm2d,
+    resolve_strided_stages,
     scaled,
+    stage_strides,
 )
 
 TOTAL_STRIDE = 16
@@ -104,6 +106,7 @@ class MobileFaceNet(BackboneConfigMixin, nn.Module):
         feature_norm_kind: str | None = None,
         dropout: float = 0.0,
         input_size: int = 112,
+        strided_stages: int | None = None,
         name: str = "mobilefacenet",
     ) -> None:
         super().__init__()
@@ -114,8 +117,7 @@ class MobileFaceNet(BackboneConfigMixin, nn.Module):
             raise ValueError(
                 f"MobileFaceNet: in_channels, embedding_size and scale must be >= 1, got {in_channels}, {embedding_size}, {scale}"
             )
-        if input_size < TOTAL_STRIDE or input_size % TOTAL_STRIDE:
-            raise ValueError(f"MobileFaceNet: input_size must be a positive multiple of {TOTAL_STRIDE}, got {input_size}")
+        strided = resolve_strided_stages(int(input_size), strided_stages, "MobileFaceNet")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MobileFaceNet: dropout must be in [0, 1), got {dropout}")
         check_norm(norm)
@@ -131,6 +133,7 @@ class MobileFaceNet(BackboneConfigMixin, nn.Module):
             "norm": norm,
             "dropout": float(dropout),
             "input_size": int(input_size),
+            "strided_stages": strided,
             "blocks": list(blocks),
             "scale": int(scale),
             "norm_groups": int(norm_groups),
@@ -144,23 +147,24 @@ class MobileFaceNet(BackboneConfigMixin, nn.Module):
         # groups; keep the ratio under the width multiplier, snapping to a divisor of c1.
         g = group_count(c1, scaled(64, width))
 
-        layers: list[nn.Module] = [ConvBlock(in_channels, c1, 3, stride=2, padding=1, **kw)]
+        s0, s1, s2, s3 = stage_strides(strided)  # compact layouts: the first ones run at stride 1
+        layers: list[nn.Module] = [ConvBlock(in_channels, c1, 3, stride=s0, padding=1, **kw)]
         if blocks[0] == 1:
             layers.append(ConvBlock(c1, c1, 3, stride=1, padding=1, groups=g, **kw))
         else:
             layers.append(_residual_stage(c1, blocks[0], h128, **kw))
         layers += [
-            DepthWise(c1, c1, h128, stride=2, **kw),
+            DepthWise(c1, c1, h128, stride=s1, **kw),
             _residual_stage(c1, blocks[1], h128, **kw),
-            DepthWise(c1, c2, h256, stride=2, **kw),
+            DepthWise(c1, c2, h256, stride=s2, **kw),
             _residual_stage(c2, blocks[2], h256, **kw),
-            DepthWise(c2, c2, h512, stride=2, **kw),
+            DepthWise(c2, c2, h512, stride=s3, **kw),
             _residual_stage(c2, blocks[3], h256, **kw),
         ]
         self.layers = nn.Sequential(*layers)
         c_sep = scaled(512, width)
         self.conv_sep = ConvBlock(c2, c_sep, 1, **kw)
-        spatial = input_size // TOTAL_STRIDE
+        spatial = input_size // 2**strided
         # GDC: one spatial filter per channel over the whole final map.
         self.gdc = LinearBlock(c_sep, c_sep, spatial, groups=c_sep, **kw)
         self.dropout = nn.Dropout(p=dropout)

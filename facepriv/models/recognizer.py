@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from facepriv.models.backbones import build_backbone
 from facepriv.models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from facepriv.models.input_norm import ChannelStandardize, build_input_norm
+from facepriv.models.input_norm import ChannelStandardize, build_input_norm, input_norm_spec
+from facepriv.models.layers import strided_stages_for
 
 FrontendFactory = Callable[[dict[str, Any]], nn.Module]
 
@@ -92,17 +93,20 @@ class FaceRecognizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], frontend_factory: FrontendFactory | None = None) -> FaceRecognizer:
-        """Build an (untrained) model from ``config``; the backbone's ``in_channels`` defaults to
-        the frontend's ``out_channels`` and ``input_norm: true`` means "standardise those"."""
+        """Build an (untrained) model from ``config`` — the one place the model-building policy
+        lives (training, checkpoints, federated sites and the API all come through here).
+
+        What only the frontend knows is filled in: the backbone's ``in_channels`` (its
+        ``out_channels``) and ``input_size`` (its output map for ``image_size`` faces: 112 in
+        the TFace layout, 28/14 in the compact ones). ``input_norm`` is a mode (``"auto"``,
+        ``"standardize"``, ``"per_sample"``, ``"none"``; see ``input_norm_kind``), ``True``
+        ("standardise those channels"), or a resolved dict from a checkpoint.
+        """
         frontend = (frontend_factory or _default_frontend_factory)(dict(config["frontend"]))
-        bcfg = dict(config["backbone"])
-        bcfg.setdefault("in_channels", int(frontend.out_channels))
-        backbone = build_backbone(bcfg)
-        ncfg = config.get("input_norm")
-        if ncfg is True:
-            ncfg = {"num_channels": int(frontend.out_channels)}
-        input_norm = build_input_norm(ncfg)
-        return cls(frontend, backbone, input_norm, image_size=int(config.get("image_size", 112)))
+        image_size = int(config.get("image_size", 112))
+        backbone = build_backbone(backbone_for(frontend, config["backbone"], image_size))
+        input_norm = build_input_norm(input_norm_spec(config.get("input_norm"), frontend))
+        return cls(frontend, backbone, input_norm, image_size=image_size)
 
     # ---- the two halves of the pipeline ---------------------------------------------
     def protect(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -211,6 +215,24 @@ class FaceRecognizer(nn.Module):
             model.to(device)
         model.extra = data["extra"]
         return model
+
+
+def backbone_for(frontend: nn.Module, backbone: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """``backbone`` with ``in_channels`` and ``input_size`` taken from the frontend when unset;
+    a value that contradicts the frontend is refused here, naming both."""
+    cfg = dict(backbone)
+    channels = int(frontend.out_channels)
+    if "in_channels" in cfg and cfg["in_channels"] is not None and int(cfg["in_channels"]) != channels:
+        raise ValueError(
+            f"model.in_channels={cfg['in_channels']} but frontend {getattr(frontend, 'name', type(frontend).__name__)!r} "
+            f"emits {channels} channels; leave model.in_channels unset (it is filled in from the frontend)"
+        )
+    cfg["in_channels"] = channels
+    if cfg.get("input_size") is None:
+        cfg["input_size"] = int(frontend.output_size(image_size, image_size)[0])
+    if cfg.get("strided_stages") is None and int(cfg["input_size"]) < image_size:
+        cfg["strided_stages"] = strided_stages_for(image_size, int(cfg["input_size"]))
+    return cfg
 
 
 def _device_of(map_location: Any) -> torch.device | None:

@@ -139,6 +139,7 @@ def test_config_round_trip_and_public_config() -> None:
         ({"subsets_per_identity": 7}, "subsets_per_identity"),
         ({"sample_multiplier": 4}, "sample_multiplier"),
         ({"pruned": [64]}, "pruned"),
+        ({"upsample": 3}, "upsample must be one of 1, 2, 4, 8"),
     ],
 )
 def test_bad_configuration(kwargs: dict, message: str) -> None:

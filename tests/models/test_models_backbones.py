@@ -180,7 +180,7 @@ def test_config_round_trip_and_validation() -> None:
         build_backbone({"name": "resnet18"})
     with pytest.raises(ValueError, match="layers"):
         build_backbone({"name": "iresnet50", "layers": [2, 2, 2, 2]})
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="not divisible by 2"):
         build_backbone({"name": "iresnet18", "input_size": 100})
 
 
@@ -202,3 +202,43 @@ def test_backward_reaches_the_stem() -> None:
     model(x).sum().backward()
     stem = model.layers[0].conv.weight
     assert stem.grad is not None and stem.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- compact frequency layouts
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet"])
+@pytest.mark.parametrize("size, strided", [(112, 4), (56, 3), (28, 2), (14, 1)])
+def test_compact_maps_end_at_7x7_with_the_same_weight_shapes(name: str, size: int, strided: int) -> None:
+    """upsample 2/1 layouts give 28x28/14x14 maps: the first stages run at stride 1, so every
+    weight has the TFace-layout shape (warm start transfers) and the map still ends at 7x7."""
+    ref = build_backbone({"name": name, "in_channels": 192, "width": 0.25, "embedding_size": 64})
+    model = build_backbone({"name": name, "in_channels": 192, "width": 0.25, "embedding_size": 64, "input_size": size})
+    assert model.config["strided_stages"] == strided
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    seen: list[tuple[int, int]] = []
+    last = model.layer4 if name == "iresnet18" else model.conv_sep
+    handle = last.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    out = model.eval()(torch.randn(2, 192, size, size))
+    handle.remove()
+    assert out.shape == (2, 64) and seen == [(7, 7)]
+    assert build_backbone(model.config).config == model.config  # the resolved value round-trips
+
+
+def test_tface_layout_is_unchanged_by_strided_stages() -> None:
+    """112x112 keeps all four stride-2 stages: same modules, same init, same outputs as before
+    (an explicit strided_stages=4 builds the identical network from the same seed)."""
+    torch.manual_seed(0)
+    a = build_backbone({"name": "iresnet18", "width": 0.25})
+    torch.manual_seed(0)
+    b = build_backbone({"name": "iresnet18", "width": 0.25, "strided_stages": 4})
+    x = torch.randn(2, 3, 112, 112)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+    assert [blk.conv2.stride for blk in (a.layer1[0], a.layer2[0], a.layer3[0], a.layer4[0])] == [(2, 2)] * 4
+
+
+def test_strided_stages_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="strided_stages must be in 0..4"):
+        build_backbone({"name": "iresnet18", "strided_stages": 5})
+    with pytest.raises(ValueError, match="input_size 30 is not divisible by 2\\*\\*strided_stages = 4"):
+        build_backbone({"name": "mobilefacenet", "input_size": 30, "strided_stages": 2})

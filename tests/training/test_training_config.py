@@ -139,7 +139,7 @@ def test_input_norm_auto_choice_survives_a_checkpoint(tmp_path: Path, tiny_confi
     ("model.width=1e6", "model.width: expected a number, got '1e6'"),  # YAML reads 1e6 as a string
     ("head.s='64'", "head.s: expected a number, got '64'"),
     ("model.width=40", "the limit is"),
-    ("data.image_size=56", "input_size must be a positive multiple of 16, got 56"),
+    ("data.image_size=120", "input_size 120 is not divisible by 2**strided_stages = 16"),
     ("frontend={name: dctdp, epsilon_mean: '4'}", "frontend.epsilon_mean: expected a number, got '4'"),
     ("frontend={name: dctdp, epsilon_mean: .inf}", "frontend.epsilon_mean: expected a finite number"),
     ("frontend={name: dctdp, epsilon: 4}", "frontend.epsilon: 'dctdp' has no such option"),

@@ -39,6 +39,24 @@ def test_dct_student_gets_the_rgb_backbone_but_a_fresh_stem(tmp_path: Path, tiny
     warm.run_steps(1)  # trains from there
 
 
+@pytest.mark.parametrize("frontend", [{"name": "partialface", "upsample": 2}, {"name": "dctdp", "upsample": 1}])
+def test_compact_layout_student_warm_starts_from_the_tface_rgb_model(tmp_path: Path, tiny_config, rgb_checkpoint: Path,
+                                                                      frontend: dict) -> None:
+    """A compact layout (28x28 / 14x14 maps) runs the first stages at stride 1 instead of
+    changing shapes: everything but the stem transfers from the 112x112 RGB model."""
+    donor = FaceRecognizer.load(rgb_checkpoint).backbone.state_dict()
+    warm = Trainer(tiny_config(frontend=frontend, init_from=str(rgb_checkpoint), input_norm={"calibration_batches": 1}))
+    bcfg = warm.recognizer.backbone.config
+    face = warm.cfg.data.image_size
+    assert bcfg["input_size"] == face * frontend["upsample"] // 8
+    assert bcfg["strided_stages"] == {2: 2, 1: 1}[frontend["upsample"]]  # 4 strides less one per halving
+    got = warm.recognizer.backbone.state_dict()
+    rep = warm.warm_start
+    assert rep["reinitialised"] == ["conv1.weight"]
+    assert all(torch.equal(got[k].cpu(), donor[k]) for k in got if k != "conv1.weight")
+    warm.run_steps(1)
+
+
 def test_warm_start_errors_name_the_problem(tmp_path: Path, tiny_config, rgb_checkpoint: Path) -> None:
     with pytest.raises(WarmStartError, match="init_from: .*not a file"):
         Trainer(tiny_config(init_from=str(tmp_path / "missing.pt")))
