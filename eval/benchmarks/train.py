@@ -119,20 +119,34 @@ def settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
 
 
 def parse_frontends(text: str) -> list[str]:
+    """``name`` or ``name@U`` (a frontend at ``upsample: U``, e.g. ``partialface@2`` for the
+    compact 28x28 layout), comma-separated, duplicates dropped."""
     from facepriv.frontends import FRONTENDS
 
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FRONTENDS]
-    if not names or unknown:
-        raise ValueError(f"--frontends: unknown or empty {unknown or text!r}; choose from {sorted(FRONTENDS)}")
+    bad = [n for n in names if split_layout(n)[0] not in FRONTENDS]
+    bad += [n for n in names if "@" in n and split_layout(n)[1] not in (1, 2, 4, 8)]
+    if not names or bad:
+        raise ValueError(f"--frontends: unknown or empty {bad or text!r}; choose from {sorted(FRONTENDS)}, "
+                         "optionally with a layout as NAME@UPSAMPLE (1, 2, 4 or 8)")
     return list(dict.fromkeys(names))
+
+
+def split_layout(spec: str) -> tuple[str, int | None]:
+    """``"partialface@2"`` -> ``("partialface", 2)``; ``"rgb"`` -> ``("rgb", None)``."""
+    name, _, upsample = spec.partition("@")
+    try:
+        return name, (int(upsample) if upsample else None)
+    except ValueError:
+        return name, -1
 
 
 # --------------------------------------------------------------------------- building blocks
 
 
 def frontend_options(name: str, seed: int, image_size: int = 112) -> dict[str, Any]:
-    """The frontend as the shipped iresnet18 configs train it, with fixed seeds (no OS entropy).
+    """The frontend as the shipped iresnet18 configs train it, with fixed seeds (no OS entropy);
+    ``name@U`` selects the ``upsample: U`` layout (the backbone follows the map size).
 
     Frontends whose learned or per-position state depends on the face size (DCTDP's
     per-element budget) are built for ``image_size``.
@@ -141,7 +155,10 @@ def frontend_options(name: str, seed: int, image_size: int = 112) -> dict[str, A
 
     from facepriv.frontends import FRONTENDS
 
+    name, upsample = split_layout(name)
     opts: dict[str, Any] = {"name": name}
+    if upsample is not None:
+        opts["upsample"] = upsample
     if name == "partialface":
         opts.update({"secret_seed": seed + 1, "train_seed": seed, "inference_seed": seed + 2})
     elif name == "dctdp":
@@ -165,7 +182,7 @@ def train_config(name: str, s: TrainBenchSettings) -> Any:
         "input_norm": {"mode": "auto", "calibration_batches": 1},
         "head": {"type": "softmax", "margin": "arcface", "s": 64.0, "m": 0.5},
         "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4, "clip_grad_norm": 5.0, "amp": s.amp,
-                  "frontend_lr": 0.01 if name == "dctdp" else None},
+                  "frontend_lr": 0.01 if split_layout(name)[0] == "dctdp" else None},
         "schedule": {"type": "constant", "max_steps": 1_000_000},
         "checkpoint": {"every_steps": 0, "save_model": False},
         "eval": {"every_steps": 0, "sets": []},
@@ -419,6 +436,14 @@ def measure_frontend(name: str, s: TrainBenchSettings, progress: bool = True) ->
     }
 
 
+def _vs_tface(spec: str, results: dict[str, dict[str, Any]]) -> float | None:
+    name, upsample = split_layout(spec)
+    tface = results.get(name) or results.get(f"{name}@8")
+    if upsample in (None, 8) or tface is None:
+        return None
+    return round(results[spec]["faces_per_second"] / tface["faces_per_second"], 3)
+
+
 def _measure_isolated(name: str, s: TrainBenchSettings) -> dict[str, Any]:
     """``measure_frontend`` in a fresh spawned process (own memory high-water mark, own CUDA context)."""
     import multiprocessing
@@ -456,6 +481,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "frontend_share_of_step_from_best": round(r["frontend_share_of_step_from_best"], 4),
             "frontend_forward_share_of_step": round(r["frontend_forward_share_of_step"], 4),
             "faces_per_second_vs_rgb": None if base is None else round(r["faces_per_second"] / base["faces_per_second"], 3),
+            # a compact layout against the same frontend in the TFace layout, measured in this run
+            "faces_per_second_vs_tface_layout": _vs_tface(name, results),
             "peak_memory_mib": r["peak_memory"]["mib"],
         }
         for name, r in results.items()

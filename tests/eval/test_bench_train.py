@@ -103,3 +103,20 @@ def test_unknown_frontend_is_named() -> None:
     parser = argparse.ArgumentParser()
     bench_train.add_arguments(parser)
     assert bench_train.parse_frontends(parser.parse_args([]).frontends) == ["rgb", "partialface", "dctdp", "dct"]
+
+
+def test_compact_layouts_are_measured_beside_the_tface_layout(tmp_path) -> None:
+    """``NAME@U`` trains the frontend at ``upsample: U`` with the matching backbone, and the
+    summary gives its speed relative to the same frontend's TFace layout from the same run."""
+    argv = [a if a != "rgb,partialface,dctdp" else "partialface,partialface@2,dctdp@1" for a in TINY]
+    assert bench_main(["train", "--out", str(tmp_path), *argv]) == 0
+    result = json.loads((tmp_path / "train.json").read_text())
+    compact = result["frontends"]["partialface@2"]
+    assert compact["frontend_config"]["upsample"] == 2 and result["frontends"]["dctdp@1"]["frontend_config"]["upsample"] == 1
+    summary = result["summary"]
+    assert summary["partialface@2"]["faces_per_second_vs_tface_layout"] == round(
+        compact["faces_per_second"] / result["frontends"]["partialface"]["faces_per_second"], 3)
+    assert summary["partialface"]["faces_per_second_vs_tface_layout"] is None
+    assert summary["dctdp@1"]["faces_per_second_vs_tface_layout"] is None  # no TFace dctdp in this run
+    with pytest.raises(ValueError, match="NAME@UPSAMPLE"):
+        bench_train.parse_frontends("partialface@3")
