@@ -221,3 +221,22 @@ def test_training_state_files_are_owner_only(tmp_path: Path, tiny_config) -> Non
     files = [p for p in (tmp_path / "run" / "checkpoints").rglob("*.pt")]
     assert files
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
+
+
+def test_checkpoint_files_keep_their_layout(tmp_path: Path, tiny_config) -> None:
+    """The keys of a checkpoint's rank and shared files: checkpoints written before the trainer
+    was split into build / step / evaluate / persist must keep loading, and vice versa."""
+    t = Trainer(tiny_config(schedule={"max_steps": 1, "warmup_steps": 0}), run_dir=tmp_path / "run")
+    t.fit()
+    (path,) = ckpt.list_checkpoints(tmp_path / "run")
+    rank = ckpt.safe_load(ckpt.rank_file(path, 0))
+    shared = ckpt.safe_load(path / "shared.pt")
+    assert sorted(rank) == sorted(["format", "version", "rank", "head", "optimizer", "scaler", "scheduler", "progress",
+                                   "rng", "sampler", "bad_samples", "substituted_samples", "nonfinite_steps", "dp",
+                                   "distill"])
+    assert sorted(shared) == sorted(["format", "version", "frontend_config", "backbone_config", "scheduler", "progress",
+                                     "world_size", "num_classes", "num_samples", "config", "epsilon", "lineage"])
+    assert (rank["format"], rank["version"]) == (ckpt.FORMAT, 1) and rank["progress"] == shared["progress"] == {
+        "step": 1, "epoch": 0, "batch_in_epoch": 1}
+    assert shared["lineage"] == {"started_from": None, "fork": False}
+    assert sorted(t.state_dict()) == sorted(k for k in rank if k not in ("format", "version", "rank"))
