@@ -202,18 +202,10 @@ def evaluate_round(msg: Message, context: Context) -> RecordDict:
     try:
         batches = int(conf.get(P.EVAL_BATCHES, 2))
         total, n = 0.0, 0
-        trainer.recognizer.eval()
-        with torch.no_grad():
-            for _ in range(batches):
-                b = trainer.next_batch()
-                from facepriv.training.batches import as_batch, images_to_float
-
-                bb = as_batch(b)
-                if bb.labels.numel() == 0:
-                    continue
-                loss, _ = trainer._forward_loss(images_to_float(bb.images.to(trainer.device)), bb.labels.to(trainer.device), bb.indices)
-                total += float(loss) * int(bb.labels.numel())
-                n += int(bb.labels.numel())
+        for _ in range(batches):
+            loss, count = trainer.batch_loss(trainer.next_batch())  # eval mode, no gradients, no step
+            total += float(loss) * count
+            n += count
         return RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: max(n, 1), P.EVAL_LOSS: total / max(n, 1),
                                                        P.SITE: site})})
     finally:

@@ -73,3 +73,26 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def _global_model_message(tmp_path: Any, config: dict[str, Any], message_type: str) -> Any:
+    """A server message to site 1 carrying the tiny global model's arrays and ``config``
+    (``P.TRAIN_CONFIG`` is added: the resolved train config of that model); needs ``task_identity``."""
+    import json
+
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from facepriv.federated import protocol as P
+    from facepriv.federated.arrays import shared_state, state_to_numpy
+    from facepriv.federated.server_app import FedSettings, build_global_model
+
+    model, cfg_dict = build_global_model(FedSettings(train_config=tiny_train_config(), out=str(tmp_path)))
+    conf = ConfigRecord({P.TRAIN_CONFIG: json.dumps(cfg_dict), **config})
+    return Message(RecordDict({P.ARRAYS: P.numpy_to_record(state_to_numpy(shared_state(model))), P.CONFIG: conf}),
+                   dst_node_id=1, message_type=message_type)
+
+
+@pytest.fixture
+def global_model_message() -> Callable[[Any, dict[str, Any], str], Any]:
+    """``global_model_message(tmp_path, config, message_type)``: see ``_global_model_message``."""
+    return _global_model_message

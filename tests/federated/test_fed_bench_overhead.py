@@ -65,19 +65,14 @@ def test_simulation_gives_each_site_a_whole_cpu(monkeypatch, tmp_path):
     json.dumps(out)
 
 
-def test_site_reports_its_step_time(task_identity, tmp_path, tiny_cfg):
-    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+def test_site_reports_its_step_time(task_identity, tmp_path, global_model_message):
+    from flwr.app import Context, MessageType, RecordDict
 
-    from facepriv.federated.arrays import shared_state, state_to_numpy
     from facepriv.federated.client_app import train_round
-    from facepriv.federated.server_app import FedSettings, build_global_model
 
-    model, cfg_dict = build_global_model(FedSettings(train_config=tiny_cfg(), out=str(tmp_path)))
-    conf = ConfigRecord({P.TRAIN_CONFIG: json.dumps(cfg_dict), P.LOCAL_STEPS: 2,
-                         P.DATA: json.dumps({"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})})
     ctx = Context(run_id=3, node_id=1, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(),
                   run_config={})
-    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_record(state_to_numpy(shared_state(model))), P.CONFIG: conf}),
-                  dst_node_id=1, message_type=MessageType.TRAIN)
+    msg = global_model_message(tmp_path, {P.LOCAL_STEPS: 2, P.DATA: json.dumps(
+        {"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})}, MessageType.TRAIN)
     metrics = train_round(msg, ctx)[P.METRICS]
     assert 0.0 < metrics[P.STEP_TIME_S] <= metrics[P.TRAIN_TIME_S]

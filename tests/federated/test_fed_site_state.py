@@ -13,18 +13,13 @@ pytest.importorskip("flwr.app")
 from facepriv.federated import protocol as P  # noqa: E402
 
 
-def _round(tmp_path, tiny_cfg, ctx):
-    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+def _round(tmp_path, global_model_message, ctx):
+    from flwr.app import MessageType
 
-    from facepriv.federated.arrays import shared_state, state_to_numpy
     from facepriv.federated.client_app import train_round
-    from facepriv.federated.server_app import FedSettings, build_global_model
 
-    model, cfg_dict = build_global_model(FedSettings(train_config=tiny_cfg(), out=str(tmp_path)))
-    conf = ConfigRecord({P.TRAIN_CONFIG: json.dumps(cfg_dict), P.LOCAL_STEPS: 2,
-                         P.DATA: json.dumps({"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})})
-    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_record(state_to_numpy(shared_state(model))), P.CONFIG: conf}),
-                  dst_node_id=1, message_type=MessageType.TRAIN)
+    msg = global_model_message(tmp_path, {P.LOCAL_STEPS: 2, P.DATA: json.dumps(
+        {"format": "synthetic", "ids_per_client": 3, "images_per_identity": 2})}, MessageType.TRAIN)
     return train_round(msg, ctx)
 
 
@@ -36,11 +31,11 @@ def _ctx(tmp_path):
                    state=RecordDict(), run_config={})
 
 
-def test_site_state_versions(task_identity, tmp_path, tiny_cfg):
+def test_site_state_versions(task_identity, tmp_path, global_model_message):
     from facepriv.federated.site import SITE_STATE_VERSION, load_site_state, save_site_state, state_file
 
     ctx = _ctx(tmp_path)
-    _round(tmp_path, tiny_cfg, ctx)
+    _round(tmp_path, global_model_message, ctx)
     path = state_file(ctx.node_config, str(ctx.run_id))
     state = load_site_state(path)
     assert state["site_state_version"] == SITE_STATE_VERSION and state["progress"]["step"] == 2
@@ -51,9 +46,9 @@ def test_site_state_versions(task_identity, tmp_path, tiny_cfg):
     old["progress"] = (pr["step"], pr["epoch"], pr["batch_in_epoch"])
     save_site_state(old, path)
     restarted = _ctx(tmp_path)  # Context.state lost: the site reads state-dir
-    _round(tmp_path, tiny_cfg, restarted)
+    _round(tmp_path, global_model_message, restarted)
     assert load_site_state(path)["progress"]["step"] == 4
 
     save_site_state({**state, "site_state_version": 99}, path)
     with pytest.raises(ValueError, match="version 99"):
-        _round(tmp_path, tiny_cfg, _ctx(tmp_path))
+        _round(tmp_path, global_model_message, _ctx(tmp_path))
