@@ -79,7 +79,7 @@ class _LinearConv3x3(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """``(B, C, H, W)`` standardised observation + ``(B, S)`` side vector -> ``(B, 3, H, W)`` RGB (unclamped).
+    """``(B, C, H, W)`` standardised observation + ``(B, S)`` side vector -> ``(B, 3, sH, sW)`` RGB (unclamped).
 
     Args:
         in_channels: channels of the placed observation.
@@ -87,15 +87,22 @@ class UNetDecoder(nn.Module):
         width: channels at full resolution (doubles per level, capped at ``8 * width``).
         depth: number of 2x down-samplings.
         linear_skip: add a linear 3x3 path from the input to the output.
+        out_scale: pixels per map cell ``s``. 1 for RGB and the TFace layout (the x8 up-sampled
+            DCT map has the face's size); 8 // upsample for the compact layouts, whose cells
+            are s x s pixel blocks: the head and the linear path emit ``3 s^2`` channels per
+            cell and a pixel shuffle lays them out (exact for the linear inverse of a block
+            DCT at ``upsample: 1``, where one cell's 192 coefficients are its 8x8x3 pixels).
     """
 
     def __init__(self, in_channels: int, side_channels: int = 0, width: int = 32, depth: int = 3,
-                 linear_skip: bool = True) -> None:
+                 linear_skip: bool = True, out_scale: int = 1) -> None:
         super().__init__()
-        if in_channels < 1 or width < 2 or depth < 0:
-            raise ValueError(f"UNetDecoder: bad sizes in_channels={in_channels}, width={width}, depth={depth}")
+        if in_channels < 1 or width < 2 or depth < 0 or out_scale < 1:
+            raise ValueError(f"UNetDecoder: bad sizes in_channels={in_channels}, width={width}, depth={depth}, "
+                             f"out_scale={out_scale}")
         self.cfg = {"in_channels": int(in_channels), "side_channels": int(side_channels), "width": int(width),
-                    "depth": int(depth), "linear_skip": bool(linear_skip)}
+                    "depth": int(depth), "linear_skip": bool(linear_skip), "out_scale": int(out_scale)}
+        out = 3 * int(out_scale) ** 2
         chans = [min(width * 2**i, width * 8) for i in range(depth + 1)]
         # 1x1 stem as a matrix product on a channels-last view: with ~200 input channels this is
         # several times faster on CPU than a 1x1 convolution (and identical maths)
@@ -114,9 +121,9 @@ class UNetDecoder(nn.Module):
         for i in reversed(range(depth)):
             self.up.append(nn.Conv2d(chans[i + 1], chans[i], 3, padding=1))
             self.dec.append(_Block(2 * chans[i], chans[i]))
-        self.head = nn.Conv2d(width, 3, 1)
+        self.head = nn.Conv2d(width, out, 1)
         # linear path: a linear map of each 3x3 neighbourhood of the input, straight to RGB
-        self.linear = _LinearConv3x3(in_channels, 3) if linear_skip else None
+        self.linear = _LinearConv3x3(in_channels, out) if linear_skip else None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -148,4 +155,6 @@ class UNetDecoder(nn.Module):
         out = 0.5 + self.head(h)
         if lin is not None:
             out = out + lin
-        return out[..., :h0, :w0]
+        out = out[..., :h0, :w0]
+        scale = self.cfg["out_scale"]
+        return F.pixel_shuffle(out, scale) if scale > 1 else out

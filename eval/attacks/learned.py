@@ -409,7 +409,8 @@ def train_decoder(
         raise ValueError(f"learned decoder: loss must be 'mse' or 'l1', got {cfg.loss!r}")
     net = train_network(
         view, aux_images, cfg,
-        build=lambda: UNetDecoder(view.channels, view.channels, cfg.width, cfg.depth, cfg.linear_skip),
+        build=lambda: UNetDecoder(view.channels, view.channels, cfg.width, cfg.depth, cfg.linear_skip,
+                                  out_scale=view.pixels_per_cell),
         loss=_image_loss(cfg), kind="learned", checkpoint_format=CHECKPOINT_FORMAT, checkpoint=checkpoint,
         resume=resume, device=device, progress=progress, evaluate=evaluate, wrap=LearnedInverter,
     )

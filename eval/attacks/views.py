@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from facepriv.frontends import AC_INDEX, DCTDP, FULL_CHANNELS, DCTFrontend, PartialFace, RGBFrontend, block_dct
-from facepriv.frontends.dct import COEFFS_PER_BLOCK, N_COLORS
+from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS
 
 from facepriv.eval.attacks.placement import FrequencyProfile
 
@@ -198,6 +198,12 @@ class AttackerView:
     @property
     def channels(self) -> int:
         return 3 if self.domain == "image" else FULL_CHANNELS
+
+    @property
+    def pixels_per_cell(self) -> int:
+        """Face pixels per side of one cell of the placed map: 1 for images and the TFace x8
+        layout, 8 // upsample for the compact layouts (a 14x14 map of a 112 face: 8)."""
+        return 1 if self.domain == "image" else BLOCK // self.upsample
 
     # -- simulation (attacker's own randomness) ----------------------------------------
     def simulate(self, images: Tensor, g: torch.Generator) -> Tensor:

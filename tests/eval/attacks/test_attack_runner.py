@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from facepriv.data import SyntheticFaces
-from facepriv.frontends import DCTFrontend, PartialFace
+from facepriv.frontends import DCTDP, DCTFrontend, PartialFace
 
 from facepriv.eval.attacks import AttackConfig, FaceSet, json_safe, render_markdown, run_attacks, split_victims
 from facepriv.eval.attacks.runner import requested_levels
@@ -73,3 +73,21 @@ def test_knowledge_and_nested_config_are_checked_by_name():
     assert cfg.gradient.dp[1].noise_multiplier == 2.0
     # the default stays the three reconstruction families, so existing callers get what they had
     assert AttackConfig().attacks == ["analytic", "learned", "optimisation"]
+
+
+@pytest.mark.parametrize("frontend", [PartialFace(upsample=1, secret_seed=5), PartialFace(upsample=2, secret_seed=5),
+                                      DCTDP(upsample=1, epsilon_mean=4.0, input_size=SIZE)],
+                         ids=["partialface_x1", "partialface_x2", "dctdp_x1"])
+def test_every_attack_runs_on_the_compact_layouts(aux, victims, pixel_judge, frontend):
+    """Compact layouts (no x8 up-sampling) go through the same suite: analytic fills with the
+    frontend's own factor, the learned decoder, optimisation and linkage."""
+    cfg = AttackConfig(attacks=["analytic", "learned", "optimisation", "linkage"], knowledge="public", grid_victims=0,
+                       bootstrap=20, progress=False, analytic={"iterations": 5},
+                       learned={"steps": 2, "batch_size": 4, "width": 4, "depth": 1, "warmup": 1, "checkpoint_every": 0},
+                       linkage={"steps": 2, "batch_size": 4, "width": 4}, optimisation={"steps": 2})
+    res = run_attacks(frontend, aux, victims, judge=pixel_judge, config=cfg)
+    attacks = {r["attack"].split("/")[0] for r in res["results"]}
+    assert {"analytic", "learned", "optimisation", "linkage"} <= attacks
+    learned = next(r for r in res["results"] if r["attack"].startswith("learned"))
+    assert learned["training"]["decoder"]["out_scale"] == 8 // frontend.upsample  # 14x14 cells -> 112 px faces
+    json.dumps(json_safe(res), allow_nan=False)
