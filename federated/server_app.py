@@ -32,6 +32,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from facepriv.io import atomic_path, atomic_write
+from facepriv.verification.keys import fpr_key, parse_fpr_key
 
 from . import protocol as P
 from .arrays import FRONTEND_PREFIX, load_shared_state, shared_keys, shared_state, state_to_numpy
@@ -150,7 +151,7 @@ class HeldOutVerifier:
         flat = {"auc": report["auc"], "eer": report["eer"]["eer"]}
         for row in report["tpr_at_fpr"]:
             if row["measurable"]:
-                flat[f"tpr@fpr={row['fpr_target']:g}"] = row["tpr"]
+                flat[fpr_key(row["fpr_target"])] = row["tpr"]
         return {"flat": flat, "report": report}
 
 
@@ -403,8 +404,9 @@ def write_metrics(out: Path, history: list[dict[str, Any]], settings: FedSetting
     series: dict[str, dict[int, float]] = {}
     for row in history:
         for k, v in (row.get("verification") or {}).items():
-            if k.startswith("tpr@") or k == "auc":
-                series.setdefault(k, {})[int(row["round"])] = float(v)
+            target = parse_fpr_key(k)  # any spelling: histories written before fpr_key say tpr@fpr=...
+            if k == "auc" or target is not None:
+                series.setdefault(k if target is None else fpr_key(target), {})[int(row["round"])] = float(v)
         for key in (P.TRAIN_LOSS, "fv-score"):
             value = (row.get("train") or {}).get(key)
             if value is not None:

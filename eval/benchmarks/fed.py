@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tpr(flat: dict[str, Any]) -> float | None:
-    # the federated history has written "tpr@fpr=0.001"; find_fpr reads that and fpr_key's spelling
+    # the federated history writes fpr_key's spelling (tpr_at_fpr_1e-3); histories written before
+    # it was the only one say "tpr@fpr=0.001": find_fpr reads both
     return find_fpr(flat, 1e-3)
 
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from facepriv.training.quickstart import main
-from facepriv.training.quickstart.leakage import choose_judge, leakage_summary, tpr_key
+from facepriv.training.quickstart.leakage import choose_judge, leakage_summary
 from facepriv.training.quickstart.plan import Clock, default_threads, make_plan
 from facepriv.training.quickstart.recipe import Recipe, model_config
-from facepriv.training.quickstart.report import grid_columns, table_text, to_html, to_markdown, write_report
+from facepriv.training.quickstart.report import collected, grid_columns, table_text, to_html, to_markdown, write_report
+from facepriv.verification.keys import find_fpr, fpr_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,7 +54,7 @@ def test_quickstart_fast_end_to_end(tmp_path: Path, capsys) -> None:
         assert 0.0 <= best["tpr"] <= 1.0 and best["attack"], name
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {best['tpr']:.3f}" in row, row
-    raw = metrics["raw_images_leakage"][tpr_key(metrics["models"]["dctdp"]["leakage"]["fpr"])]
+    raw = metrics["raw_images_leakage"][fpr_key(metrics["models"]["dctdp"]["leakage"]["fpr"])]
     assert 0.0 <= raw <= 1.0
     assert (out / "attacks" / "attack.md").is_file() and (out / "attacks" / "attack.json").is_file()
 
@@ -191,17 +192,33 @@ def test_leakage_counts_linkage_but_not_protected_to_protected_links() -> None:
     attack = {"results": [_row("analytic/lstsq", 0.1, 0.3), _row("linkage", 0.4, 0.6, image=False),
                           _row("linkage/protected", 0.9, 0.95, image=False,
                                task="protected probe vs protected gallery (no raw face on either side)")]}
-    s = leakage_summary(attack, {tpr_key(1e-3): 0.8})
+    s = leakage_summary(attack, {fpr_key(1e-3): 0.8})
     assert s["fpr"] == 1e-3 and s["best"]["tpr"] == 0.4 and s["best"]["attack"] == "linkage [public]"
-    assert s["public"]["tpr@1e-3"] == 0.4 and s["public"]["psnr"] == 14.0  # frontier input
-    assert s["public"]["tpr@1e-3_ci"] == [0.0, 0.2]
+    assert find_fpr(s["public"], 1e-3) == 0.4 and s["public"]["psnr"] == 14.0  # frontier input
+    assert s["public"][fpr_key(1e-3) + "_ci"] == [0.0, 0.2]  # written in the one spelling
     assert s["best_reconstruction"] == "analytic/lstsq [public]"  # what the grid can show
 
 
 def test_leakage_falls_back_to_fpr_1e2_when_1e3_is_not_measurable() -> None:
     attack = {"results": [_row("analytic/zeros", None, 0.25), _row("learned", None, 0.35)]}
-    s = leakage_summary(attack, {tpr_key(1e-3): None, tpr_key(1e-2): 0.7})
+    s = leakage_summary(attack, {fpr_key(1e-3): None, fpr_key(1e-2): 0.7})
     assert s["fpr"] == 1e-2 and s["best"]["tpr"] == 0.35 and s["best"]["attack"] == "learned [public]"
+
+
+def test_leakage_reads_attack_files_written_with_older_key_spellings() -> None:
+    """attack.json files written before fpr_key was the one spelling (``tpr_at_fpr_0.001``,
+    ``tpr@1e-3``) give the same summary."""
+    def old(row: dict, spelling: str) -> dict:
+        ident = row["identity"]
+        renamed = {(spelling.format(1e-3) if k == fpr_key(1e-3) else spelling.format(1e-2) if k == fpr_key(1e-2)
+                    else k): v for k, v in ident.items() if k != "ci"}
+        return {**row, "identity": {**renamed, "ci": {spelling.format(1e-3): ident["ci"][fpr_key(1e-3)]}}}
+
+    rows = [_row("analytic/lstsq", 0.1, 0.3), _row("learned", 0.3, 0.5)]
+    new = leakage_summary({"results": rows}, {fpr_key(1e-3): 0.8})
+    for spelling in ("tpr_at_fpr_{:g}", "tpr@{:.0e}"):
+        s = leakage_summary({"results": [old(r, spelling) for r in rows]}, {spelling.format(1e-3): 0.8})
+        assert s == new, spelling
 
 
 def test_grid_columns_find_the_runner_sample_names() -> None:
@@ -228,7 +245,7 @@ def _entry(name: str, auc_shift: float, reps: int) -> dict:
 
 def _results(tmp_path: Path) -> dict:
     plan = make_plan(fast=True)
-    leak = leakage_summary({"results": [_row("learned", 0.2, 0.4)]}, {tpr_key(1e-3): 0.7})
+    leak = leakage_summary({"results": [_row("learned", 0.2, 0.4)]}, {fpr_key(1e-3): 0.7})
     models = {
         "rgb": {"verification": _entry("rgb", 3.0, 1), "steps": 100, "train_seconds": 20.0, "model_file": "rgb/model.pt"},
         "partialface": {"verification": _entry("pf", 1.5, 2), "steps": 20, "train_seconds": 9.0, "warm_start": {"x": 1},
@@ -236,7 +253,7 @@ def _results(tmp_path: Path) -> dict:
                         "privacy_report": {"mechanism": "subsets", "formal_guarantee": None}},
     }
     return {"plan": {**plan.__dict__}, "data": {"pairs_count": 200}, "threads": 2, "models": models,
-            "pixel_baseline": _entry("pixels", 0.3, 1), "raw_images_leakage": {tpr_key(1e-3): 0.7},
+            "pixel_baseline": _entry("pixels", 0.3, 1), "raw_images_leakage": {fpr_key(1e-3): 0.7},
             "judge": {"chosen": "rgb", "why": "a test"}, "recipe": Recipe().describe(),
             "attack_steps": {"partialface": {"steps": 30, "budget_s": 8.0}},
             "attacks_run": ["analytic", "learned"], "total_seconds": 99.0, "stage_seconds": {"train rgb": 20.0}}
@@ -258,6 +275,11 @@ def test_report_markdown_and_html_say_the_same(tmp_path: Path) -> None:
     # the reading of the pictures uses the run's numbers and says when an aim is missed
     para = next(line for line in md.splitlines() if line.startswith("The RGB baseline"))
     assert re.search(r"partialface \d\.\d{3}", para) and "70% of the victims" in para
+    # the frontier's RGB row writes the one key spelling, and reads an older metrics.json's raw leakage
+    assert collected(results)["rows"]["rgb"]["leakage"]["public"] == {fpr_key(1e-3): 0.7, "best_attack": "the image itself"}
+    older = {**results, "raw_images_leakage": {"tpr_at_fpr_0.001": 0.7}}
+    assert collected(older)["rows"]["rgb"]["leakage"] == collected(results)["rows"]["rgb"]["leakage"]
+    assert table_text(older) == table_text(results)
 
 
 def test_html_escapes_and_formats_inline_markdown(tmp_path: Path) -> None:

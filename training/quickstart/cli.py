@@ -129,6 +129,8 @@ def run(args: argparse.Namespace, plan: Plan, out: Path, threads: int) -> dict[s
 
 def _attack_stage(args: argparse.Namespace, plan: Plan, clock: Clock, out: Path, data: dict[str, Any],
                   models: dict[str, Any], protected: list[str], results: dict[str, Any], stage_done: Any) -> dict[str, Any]:
+    from facepriv.verification.keys import find_fpr
+
     from . import leakage
     from .report import grid_columns
 
@@ -179,7 +181,7 @@ def _attack_stage(args: argparse.Namespace, plan: Plan, clock: Clock, out: Path,
                                             len(runs[name]["knowledge_levels"])))
         print(f"[quickstart] {name}: best attack {best.get('attack')} -> identity leakage TPR@FPR="
               f"{(summary or {}).get('fpr', 1e-3):g} {_fmt(best.get('tpr'))} (raw images: "
-              f"{_fmt(raw.get(leakage.tpr_key((summary or {}).get('fpr', 1e-3))))})", flush=True)
+              f"{_fmt(find_fpr(raw, (summary or {}).get('fpr', 1e-3)))})", flush=True)
         stage_done(f"attack {name}", t)
     leakage.write_attack_report(runs, judge_info, out)
     return grid

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from facepriv.verification.keys import find_fpr, fpr_key
+
 from .plan import Plan
 
 JUDGES = ("auto", "dlib", "rgb")
@@ -35,11 +37,6 @@ ATTACKS = ("analytic", "learned", "linkage")
 RAW_GALLERY_TASK = "probe vs raw gallery"
 #: the leakage operating point, and the fallback when too few impostor pairs make it unmeasurable
 LEAKAGE_FPR, FALLBACK_FPR = 1e-3, 1e-2
-
-
-def tpr_key(fpr: float) -> str:
-    """The key of a TPR figure in ``identity_leakage`` results (``tpr_at_fpr_1e-3``)."""
-    return f"tpr_at_fpr_{fpr:.0e}".replace("e-0", "e-")
 
 
 def load_attack_data(data: dict[str, Any], plan: Plan, seed: int) -> dict[str, Any]:
@@ -61,11 +58,10 @@ def _raw_leakage(cache: Any, victims: Any) -> dict[str, Any]:
 
 
 def _strength(leak: dict[str, Any]) -> tuple[float, float, float]:
-    def v(key: str) -> float:
-        x = leak.get(key)
+    def v(x: Any) -> float:
         return -1.0 if x is None else float(x)
 
-    return v(tpr_key(LEAKAGE_FPR)), v(tpr_key(FALLBACK_FPR)), v("rank1")
+    return v(find_fpr(leak, LEAKAGE_FPR)), v(find_fpr(leak, FALLBACK_FPR)), v(leak.get("rank1"))
 
 
 def choose_judge(spec: str, rgb_model: Path, victims: Any,
@@ -108,8 +104,8 @@ def choose_judge(spec: str, rgb_model: Path, victims: Any,
     else:
         other = next(n for n in candidates if n != chosen)
         o = info["candidates"][other]["raw_images"]
-        info["why"] = (f"it recognises the raw held-out faces best (TPR@1e-3 {_f(raw.get(tpr_key(LEAKAGE_FPR)))}, "
-                       f"rank-1 {_f(raw.get('rank1'))}; {other}: {_f(o.get(tpr_key(LEAKAGE_FPR)))}, "
+        info["why"] = (f"it recognises the raw held-out faces best (TPR@1e-3 {_f(find_fpr(raw, LEAKAGE_FPR))}, "
+                       f"rank-1 {_f(raw.get('rank1'))}; {other}: {_f(find_fpr(o, LEAKAGE_FPR))}, "
                        f"{_f(o.get('rank1'))}); a weaker judge would under-report leakage")
     return caches[chosen], info
 
@@ -203,20 +199,20 @@ def leakage_summary(attack: dict[str, Any] | None, raw: dict[str, Any]) -> dict[
     if attack is None:
         return None
     row = leakage_row(attack)
-    fpr = LEAKAGE_FPR if raw.get(tpr_key(LEAKAGE_FPR)) is not None else FALLBACK_FPR
+    fpr = LEAKAGE_FPR if find_fpr(raw, LEAKAGE_FPR) is not None else FALLBACK_FPR
     best: tuple[float, dict[str, Any]] | None = None
     for r in attack.get("results", []):
         if r.get("task", RAW_GALLERY_TASK) != RAW_GALLERY_TASK:
             continue
-        v = (r.get("identity") or {}).get(tpr_key(fpr))
+        v = find_fpr(r.get("identity"), fpr)
         if v is not None and (best is None or v > best[0]):
             best = (float(v), r)
     for level, r in ((lv, row[lv]) for lv in ("public", "secret") if lv in row):
         match = next((x for x in attack.get("results", []) if x.get("attack") == r["best_attack"]
                       and x.get("knowledge") == level and x.get("task", RAW_GALLERY_TASK) == RAW_GALLERY_TASK), None)
-        ci = (((match or {}).get("identity") or {}).get("ci") or {}).get(tpr_key(LEAKAGE_FPR))
+        ci = find_fpr(((match or {}).get("identity") or {}).get("ci"), LEAKAGE_FPR)
         if ci:
-            r["tpr@1e-3_ci"] = ci
+            r[fpr_key(LEAKAGE_FPR) + "_ci"] = ci
     row["fpr"] = fpr
     row["best_reconstruction"] = _best_reconstruction(attack, fpr)
     if best is None:
@@ -224,7 +220,7 @@ def leakage_summary(attack: dict[str, Any] | None, raw: dict[str, Any]) -> dict[
     else:
         ident = best[1].get("identity") or {}
         row["best"] = {"tpr": best[0], "attack": f"{best[1]['attack']} [{best[1]['knowledge']}]",
-                       "ci": (ident.get("ci") or {}).get(tpr_key(fpr)), "rank1": ident.get("rank1")}
+                       "ci": find_fpr(ident.get("ci"), fpr), "rank1": ident.get("rank1")}
     return row
 
 
@@ -232,7 +228,7 @@ def _best_reconstruction(attack: dict[str, Any], fpr: float) -> str | None:
     """The reconstruction (an attack with an image output) that leaks the most identity,
     ``"<attack> [<knowledge>]"``: what the grid shows (linkage outputs no face)."""
     def key(r: dict[str, Any]) -> tuple[float, float]:
-        v = (r.get("identity") or {}).get(tpr_key(fpr))
+        v = find_fpr(r.get("identity"), fpr)
         return (-1.0 if v is None else float(v), ((r.get("image") or {}).get("ssim_luma") or {}).get("mean") or -1.0)
 
     rows = [r for r in attack.get("results", []) if r.get("image") and r.get("task", RAW_GALLERY_TASK) == RAW_GALLERY_TASK]

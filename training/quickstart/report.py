@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .leakage import tpr_key
+from facepriv.verification.keys import find_fpr, fpr_key
+
 from .plan import PROTECTED
 
 #: AUC every protected row is meant to reach, and the RGB baseline's (the quickstart's goal)
@@ -62,7 +63,7 @@ def collected(results: dict[str, Any]) -> dict[str, Any]:
     for name, m in results["models"].items():
         v = verification_numbers(m["verification"])
         if name == "rgb":  # the RGB frontend sends the image itself: its leakage is the raw images'
-            leak = {"public": {"tpr@1e-3": raw.get(tpr_key(1e-3)), "best_attack": "the image itself"}}
+            leak = {"public": {fpr_key(1e-3): find_fpr(raw, 1e-3), "best_attack": "the image itself"}}
         else:
             leak = m.get("leakage")
         rows[name] = {"frontend": {"name": name}, "verification": {"accuracy": v["accuracy"]}, "leakage": leak}
@@ -120,13 +121,13 @@ def _table(results: dict[str, Any]) -> Block:
     raw = results["raw_images_leakage"]
     rows = []
     pix = verification_numbers(results["pixel_baseline"])
-    rows.append(["pixels (no training)", "–", _pm(pix["accuracy"]), _pm(pix["auc"]), _pm(pix["tpr@0.01"]), "–", "–", "–"])
+    rows.append(["pixels (no training)", "–", _pm(pix["accuracy"]), _pm(pix["auc"]), _pm(find_fpr(pix, 1e-2)), "–", "–", "–"])
     for name, m in results["models"].items():
         v = verification_numbers(m["verification"])
         levers = [w for w, on in (("warm start", m.get("warm_start")), ("distilled", m.get("distilled"))) if on]
         train = f"{m['steps']} steps, {m['train_seconds']:.0f} s" + (f" ({', '.join(levers)})" if levers else "")
         if name == "rgb":
-            leak = [f"{_f(raw.get(tpr_key(1e-3)))} (the image itself)", "none needed", "∞"]
+            leak = [f"{_f(find_fpr(raw, 1e-3))} (the image itself)", "none needed", "∞"]
         else:
             lk = m.get("leakage") or {}
             best = lk.get("best") or {}
@@ -134,14 +135,14 @@ def _table(results: dict[str, Any]) -> Block:
             psnr = max((x for x in ((lk.get("public") or {}).get("psnr"), (lk.get("secret") or {}).get("psnr"))
                         if x is not None), default=None)
             leak = [_f(best.get("tpr")) + fpr_note, best.get("attack") or "–", _f(psnr, 1)]
-        rows.append([name, train, _pm(v["accuracy"]), _pm(v["auc"]), _pm(v["tpr@0.01"]), *leak])
+        rows.append([name, train, _pm(v["accuracy"]), _pm(v["auc"]), _pm(find_fpr(v, 1e-2)), *leak])
     return ("table", header, rows)
 
 
 def interpretation(results: dict[str, Any]) -> str:
     """One paragraph that reads the table and pictures, with the run's own numbers."""
     models = results["models"]
-    raw = results["raw_images_leakage"].get(tpr_key(1e-3))
+    raw = find_fpr(results["raw_images_leakage"], 1e-3)
     auc = {n: verification_numbers(m["verification"])["auc"][0] for n, m in models.items()}
     parts = []
     if "rgb" in auc:
