@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from facepriv.verification.keys import find_fpr
+from facepriv.verification.keys import find_fpr, fpr_key
 
 from .config import ExperimentConfig
 from .lfw_data import LfwHalf
@@ -42,7 +42,7 @@ def verification_row(verify: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"repetitions": res.get("repetitions"), "stochastic": res.get("stochastic")}
     for t in FPRS:
         p = find_fpr(s["tpr_at_fpr"], t, {})  # older run folders keyed "1e-03"
-        row[f"tpr@{t:g}"] = _stat(p.get("tpr")) if p.get("measurable") else (None, None)
+        row[fpr_key(t)] = _stat(p.get("tpr")) if p.get("measurable") else (None, None)
     acc = s.get("accuracy", {})
     row["accuracy"] = (acc.get("mean"), acc.get("std"))
     row["accuracy_fold_std"] = acc.get("fold_std")
@@ -55,7 +55,7 @@ def reference_verification(ref: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"repetitions": 1, "stochastic": False}
     for t in FPRS:
         pt = next((p for p in rep["tpr_at_fpr"] if abs(p["fpr_target"] - t) < 1e-15), None)
-        row[f"tpr@{t:g}"] = (pt["tpr"], None) if pt and pt.get("measurable", True) and pt.get("tpr") is not None else (None, None)
+        row[fpr_key(t)] = (pt["tpr"], None) if pt and pt.get("measurable", True) and pt.get("tpr") is not None else (None, None)
     acc = rep.get("accuracy", {})
     row["accuracy"] = (acc.get("accuracy_mean"), None)
     row["accuracy_fold_std"] = acc.get("accuracy_std")
@@ -84,14 +84,16 @@ def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
         best_ssim = max(imaged, key=lambda r: r["image"]["ssim_luma"]["mean"] or -1.0)
         out[level] = {
             "best_attack": best["attack"],
-            "tpr@1e-3": find_fpr(best.get("identity"), 1e-3),
+            fpr_key(1e-3): find_fpr(best.get("identity"), 1e-3),
+            # bootstrap interval over victims (attack.json's identity.ci), the frontier's x error bar
+            fpr_key(1e-3) + "_ci": find_fpr((best.get("identity") or {}).get("ci"), 1e-3),
             "rank1": (best.get("identity") or {}).get("rank1"),
             "psnr": best_psnr["image"]["psnr_db"]["mean"], "psnr_attack": best_psnr["attack"],
             "ssim": best_ssim["image"]["ssim_luma"]["mean"], "ssim_attack": best_ssim["attack"],
         }
     naive = attack.get("baselines", {}).get("naive_rendering", {})
     if naive:
-        out["naive"] = {"tpr@1e-3": find_fpr(naive.get("identity"), 1e-3),
+        out["naive"] = {fpr_key(1e-3): find_fpr(naive.get("identity"), 1e-3),
                         "psnr": naive["image"]["psnr_db"]["mean"], "ssim": naive["image"]["ssim_luma"]["mean"]}
     return out
 
@@ -164,6 +166,10 @@ def write_results(cfg: ExperimentConfig, layout: LfwHalf, out: Path, *, environm
                "command": command, **collected,
                "figures": {"roc": roc.name if roc else None, "frontier": frontier.name if frontier else None,
                            "grids": grids}}
+    from .recipe import recipe_study
+
+    results["recipe_study"] = recipe_study(collected, dict(cfg.train.get("model", {})), environment)
+    (out / "recipe_study.json").write_text(json.dumps(results["recipe_study"], indent=2, default=str), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     (out / "results.md").write_text(render_markdown(results), encoding="utf-8")
     return results
@@ -188,8 +194,8 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
     raw = results.get("raw_images_leakage") or {}
     if ref:
         judge = (results.get("reference_judge") or {}).get("kind", "judge")
-        lines.append(f"| {judge} on raw RGB (pretrained reference) | pretrained | {_pm(ref['tpr@0.001'])} | "
-                     f"{_pm(ref['tpr@0.01'])} | {_pm(ref['accuracy'])} | {_pm(ref['eer'])} | "
+        lines.append(f"| {judge} on raw RGB (pretrained reference) | pretrained | {_pm(find_fpr(ref, 1e-3, (None, None)))} | "
+                     f"{_pm(find_fpr(ref, 1e-2, (None, None)))} | {_pm(ref['accuracy'])} | {_pm(ref['eer'])} | "
                      f"{_f(find_fpr(raw, 1e-3))} (raw image) | – | – | ∞ | 1 |")
     for name, r in results["rows"].items():
         v = r.get("verification")
@@ -204,7 +210,7 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
             best += f" (frontend = {r['attack_shared_from']})"
         psnr = max((x for x in (pub.get("psnr"), sec.get("psnr")) if x is not None), default=None)
         ssim = max((x for x in (pub.get("ssim"), sec.get("ssim")) if x is not None), default=None)
-        lines.append(f"| {name} | {mode} | {_pm(v['tpr@0.001'])} | {_pm(v['tpr@0.01'])} | {_pm(v['accuracy'])} | "
+        lines.append(f"| {name} | {mode} | {_pm(find_fpr(v, 1e-3, (None, None)))} | {_pm(find_fpr(v, 1e-2, (None, None)))} | {_pm(v['accuracy'])} | "
                      f"{_pm(v['eer'])} | {_f(find_fpr(pub, 1e-3))} | {best} | "
                      f"{_f(find_fpr(sec, 1e-3)) if sec else '(no secret)'} | {_f(psnr, 1)} | {_f(ssim)} |")
     lines += [
@@ -253,6 +259,11 @@ def publish_results(results: dict[str, Any], out: Path, dest: Path) -> Path:
         list(results["figures"].get("grids", {}).values())
     for name in filter(None, names):
         shutil.copyfile(Path(out) / "figures" / name, figs / name)
+    if results.get("recipe_study"):  # the bench-style JSON of the recipe study (accuracy vs wall time per lever)
+        bench = dest / "benchmarks"
+        bench.mkdir(parents=True, exist_ok=True)
+        (bench / "recipe_study.json").write_text(json.dumps(results["recipe_study"], indent=2, default=str) + "\n",
+                                                 encoding="utf-8")
     path = dest / "results.md"
     body = render_markdown(results, figures_dir="results")
     text = f"{BEGIN}\n{body}{END}\n"

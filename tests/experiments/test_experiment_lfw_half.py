@@ -126,6 +126,26 @@ def test_frontier_plot_marks_target_and_raw_point(tmp_path):
     assert plot_frontier({"rows": {}}, tmp_path / "none.png") is None
 
 
+def test_recipe_levers_name_the_layout_and_start():
+    from facepriv.eval.experiments.recipe import levers, recipe_study
+
+    row = {"mode": "distill", "frontend": {"name": "partialface", "upsample": 1, "secret_seed": 7},
+           "training": {"steps": 1200, "epochs": 5.91, "warm_start": {"source": "/r/models/rgb/model.pt"},
+                        "seconds_this_session": 600.0, "steps_this_session": 1200, "faces_per_second": 128.0},
+           "verification": {"accuracy": (0.9, 0.01), "tpr_at_fpr_1e-3": (0.4, 0.02)},
+           "leakage": {"public": {"tpr_at_fpr_1e-3": 0.02, "best_attack": "linkage/raw"}}}
+    lv = levers("pf_x1", row, {"name": "iresnet18", "width": 0.25, "embedding_size": 128})
+    assert lv["layout"] == "compact x1 (14x14 maps)" and lv["start"] == "warm start from /r/models/rgb/model.pt"
+    assert lv["frontend_options"] == {"upsample": 1} and lv["epochs"] == 5.91
+    rgb = {"mode": "distill", "frontend": {"name": "rgb"}, "training": None,
+           "verification": {"accuracy": (0.95, 0.0)}, "leakage": None}
+    study = recipe_study({"rows": {"rgb": rgb, "pf_x1": row}}, {}, {"cpu_count": 2})
+    by = {r["name"]: r for r in study["rows"]}
+    assert by["pf_x1"]["accuracy_vs_rgb"] == round(0.9 / 0.95, 4) and by["pf_x1"]["tpr_at_fpr_1e-3"] == 0.4
+    assert by["pf_x1"]["leakage"]["tpr_at_fpr_1e-3"] == 0.02 and by["pf_x1"]["train_seconds_covers_all_steps"]
+    assert by["rgb"]["status"] == "done" and by["rgb"]["train_seconds"] is None
+
+
 class FakeSimulation:
     """Stands in for the Flower simulation (tested with Ray in tests/federated): records the
     settings it was given, writes the global model, and reports every site as accepted
@@ -231,6 +251,16 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     assert "| pf_pfm | pfm |" in md and "![ROC](results/roc.png)" in md and (docs / "results" / "roc.png").is_file()
     # a handful of victims cannot measure TPR@1e-3: no frontier point (the plot is tested on its own)
     assert res["frontier"] == {"points": [], "target_hits": []} and "![frontier]" not in md
+    # the recipe study (accuracy vs wall time per lever) lands beside the benchmarks
+    study = json.loads((docs / "benchmarks" / "recipe_study.json").read_text())
+    assert study == json.loads((out / "recipe_study.json").read_text())
+    by = {r["name"]: r for r in study["rows"]}
+    assert set(by) == {"rgb_distill", "pf_pfm", "pf_scratch", "dct_warm"}
+    assert by["rgb_distill"]["accuracy_vs_rgb"] == 1.0 and by["rgb_distill"]["levers"]["layout"] == "pixels"
+    assert by["dct_warm"]["levers"]["start"].startswith("warm start from") and by["dct_warm"]["levers"]["steps"] == 2
+    assert by["pf_scratch"]["levers"]["layout"] == "TFace x8 (112x112 maps)" and by["pf_scratch"]["levers"]["start"] == "scratch"
+    assert all(r["status"] == "done" and r["train_seconds"] is not None for r in by.values())
+    assert not any("seed" in k for r in by.values() for k in r["levers"]["frontend_options"])  # no secret in docs
     (docs / "results.md").write_text("# Results\n" + md + "Hand-written discussion.\n")
     # re-running does no work again, gives the same table and keeps the text around it
     before = (out / "timings.json").read_text()
