@@ -196,20 +196,32 @@ class PartialFace(Frontend):
             "one_subset_determines": (
                 f"at least {worst:.0%} of an image's degrees of freedom (numerical rank of one subset's linear map, "
                 f"min over the {self.n_subsets} subsets, per colour on a {RANK_PROXY}x{RANK_PROXY} proxy image)"),
-            "what_attacks_found": (
-                "The spectrum fraction is not an information fraction: after x%d bilinear up-sampling each 8x8 block "
-                "is nearly a linear ramp, so one query gives %.3g linear measurements per unknown pixel value and "
-                "least squares recovers the face except for its smoothest components. In the reference run of "
-                "docs/attacks.md the best reconstruction from single queries (least squares refined by optimisation) "
-                "was verified as the right person at FPR 1e-3 for 86%% of victims without the secret and 93%% with "
-                "it (raw images 99%%); on "
-                "LFW-half (docs/results.md) identity leakage TPR@1e-3 was 0.51-0.56 without and 0.54-0.60 with it."
-                % (self.upsample, self.subset_size * self.upsample**2 / COEFFS_PER_BLOCK)),
+            "what_attacks_found": self._attack_findings(),
             "training_subsets_per_identity": f"{self.subsets_per_identity} of {self.n_subsets}",
             "inference_randomness": "seeded generator" if self.inference_seed is not None else "OS CSPRNG (secrets)",
-            "note": "Empirical protection only, and weak against an analytic attacker: measure it with `facepriv attack`. "
-                    "The secret seed must stay with the model owner, but it buys little.",
+            "note": ("Empirical protection only, and weak against an analytic attacker: measure it with `facepriv attack`. "
+                     "The secret seed must stay with the model owner, but it buys little." if self.upsample == 8 else
+                     "Empirical protection only: no formal guarantee; measure this layout with `facepriv attack`. "
+                     "The secret seed must stay with the model owner."),
         }
+
+    def _attack_findings(self) -> str:
+        """What the attack suite found *for this layout*: the TFace x8 numbers do not carry
+        over to the compact layouts, whose single queries under-determine the face."""
+        m = self.subset_size * self.upsample**2 / COEFFS_PER_BLOCK
+        if self.upsample == 8:
+            return ("The spectrum fraction is not an information fraction: after x8 bilinear up-sampling each 8x8 "
+                    "block is nearly a linear ramp, so one query gives %.3g linear measurements per unknown pixel "
+                    "value and least squares recovers the face except for its smoothest components. In the reference "
+                    "run of docs/attacks.md the best reconstruction from single queries (least squares refined by "
+                    "optimisation) was verified as the right person at FPR 1e-3 for 86%% of victims without the secret "
+                    "and 93%% with it (raw images 99%%); on LFW-half (docs/results.md) identity leakage TPR@1e-3 was "
+                    "0.51-0.56 without and 0.54-0.60 with it." % m)
+        return ("Compact layout (x%d): one query gives %.3g linear measurements per unknown pixel value, fewer than "
+                "one, so it under-determines the face and least squares alone cannot rebuild it; learned decoders "
+                "and identity linkage may still recover identity from the statistics of faces. The attack numbers "
+                "measured at the TFace x8 layout do not apply here; this layout's leakage is what `facepriv attack` "
+                "(or the frontier rows in docs/results.md) measure for it." % (self.upsample, m))
 
     # ------------------------------------------------------------------ choices
     def subset_channels(self, subset: Tensor, permutation: Tensor) -> Tensor:
