@@ -185,3 +185,21 @@ def test_checkpoint_with_a_fixed_inference_seed_is_refused(tmp_path: Path) -> No
                      "--drop-inference-seed"]) == 0
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["privacy_report"]["inference_randomness"] == "OS CSPRNG (secrets)"
+
+
+@pytest.mark.parametrize("frontend", [PartialFace(upsample=1, secret_seed=2), PartialFace(upsample=2, secret_seed=2),
+                                      DCTDP(upsample=1, input_size=32), DCTFrontend(upsample=2)],
+                         ids=["partialface_x1", "partialface_x2", "dctdp_x1", "dct_x2"])
+def test_compact_layouts_export_to_onnx_with_parity(tmp_path: Path, frontend) -> None:
+    """The compact layouts ship to devices like the TFace one: ONNX graph, randomness as inputs,
+    parity with the PyTorch frontend (DCTDP: up to rare one-step grid flips at cell edges)."""
+    info = export_frontend(frontend, tmp_path, "onnx", size=32)
+    ort = pytest.importorskip("onnxruntime")  # an optional extra, not an in-tree module
+    out_hw = 32 * frontend.upsample // 8
+    session = ort.InferenceSession(str(tmp_path / info["file"]), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), example_inputs(frontend, 2, 32))}
+    assert session.run(None, feeds)[0].shape[-2:] == (out_hw, out_hw)
+    if isinstance(frontend, DCTDP):
+        assert info["grid_step_flips"] <= 0.02 * 2 * 189 * out_hw * out_hw
+    else:
+        assert info["max_abs_difference_vs_pytorch"] < 1e-4 * info["output_max_abs"]
