@@ -232,9 +232,9 @@ def calibrate_inputs(cfg: TrainConfig, env: DistEnv, recognizer: nn.Module, data
     norm = getattr(recognizer, "input_norm", None)
     if norm is not None and callable(getattr(norm, "calibrate", None)) and not bool(getattr(norm, "calibrated", True)):
         was = fe.training
-        fe.train()
-        outputs = (fe(b.images, b.labels).float() for b in calibration_batches(cfg, env, dataset))
-        norm.calibrate(outputs, distributed=env.distributed)
+        fe.train()  # the statistics of what training feeds the backbone (PartialFace views, DCTDP noise)
+        recognizer.calibrate_input_norm(((b.images, b.labels) for b in calibration_batches(cfg, env, dataset)),
+                                        distributed=env.distributed)
         fe.train(was)
         log.info("calibrated input standardisation from %d batches of %s output", cfg.input_norm.calibration_batches,
                  getattr(fe, "name", "frontend"))

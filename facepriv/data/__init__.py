@@ -53,7 +53,7 @@ from .recordio import (
     unpack_payload,
     write_dataset,
 )
-from .runtime import FailureLog, FlipPolicy, ResizeLog
+from .runtime import FailureLog, ResizeLog
 from .safe_pickle import safe_load, safe_loads
 from .synthetic import (
     FaceRenderer,
@@ -94,7 +94,6 @@ __all__ = [
     "FaceRenderer",
     "FailureLog",
     "FileImageSource",
-    "FlipPolicy",
     "IMAGE_EXTENSIONS",
     "IRHeader",
     "ImageDecodeError",

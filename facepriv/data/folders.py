@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .errors import DataError, ImageDecodeError
 from .images import IMAGE_EXTENSIONS, image_size_arg, read_image, resize_to, stretches, to_tensor
-from .runtime import FailureLog, FlipPolicy, ResizeLog
+from .runtime import FailureLog, ResizeLog
 
 #: How many consecutive substitutes to try before concluding the dataset is unreadable.
 MAX_SUBSTITUTE_TRIES = 64
@@ -136,9 +136,6 @@ class ImageFolderDataset(Dataset):
             clients); identities missing from it are an error.
         image_size: resize to ``(h, w)`` (int for square) when a file differs; ``None`` keeps
             the file's size (all files must then match for batching).
-        flip: probability of a horizontal flip (0 disables), decided per
-            ``(seed, epoch, index)`` with the seed drawn from ``generator``.
-        generator: ``torch.Generator`` that seeds the flip policy.
         dtype: ``"float"`` (3xHxW float32 in [0, 1]) or ``"uint8"`` (3xHxW, 4x less memory).
         min_images: drop identities with fewer images (e.g. 2 for verification pairs).
         extensions: accepted file extensions.
@@ -155,8 +152,6 @@ class ImageFolderDataset(Dataset):
         *,
         label_map: Mapping[str, int] | None = None,
         image_size: int | tuple[int, int] | None = None,
-        flip: float = 0.0,
-        generator: torch.Generator | None = None,
         dtype: str = "float",
         min_images: int = 1,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
@@ -173,7 +168,6 @@ class ImageFolderDataset(Dataset):
         self.image_size = image_size_arg(image_size)
         self.dtype = dtype
         self.on_error = on_error
-        self.flip_policy = FlipPolicy(flip, generator) if flip > 0 else None
         self.failures = FailureLog(failure_log)
         self.resizes = ResizeLog()
 
@@ -232,11 +226,6 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """New flip pattern per epoch; call at the start of each epoch like a DistributedSampler."""
-        if self.flip_policy is not None:
-            self.flip_policy.set_epoch(epoch)
-
     def images_per_class(self) -> dict[str, int]:
         counts = {n: 0 for n in self.class_names}
         idx_to_name = {v: k for k, v in self.class_to_idx.items()}
@@ -282,8 +271,6 @@ class ImageFolderDataset(Dataset):
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         rgb, label, _ = self._load_with_substitution(index)
-        if self.flip_policy is not None and self.flip_policy(index):
-            rgb = rgb[:, ::-1]
         return to_tensor(rgb, self.dtype), label
 
     # -- integrity --------------------------------------------------------------------------

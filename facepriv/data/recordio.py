@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 from .errors import DataError, ImageDecodeError, RecordIOError, TruncatedRecordError
 from .images import decode_image, encode_image, image_size_arg, resize_to, stretches, to_tensor
-from .runtime import FailureLog, FlipPolicy, ResizeLog
+from .runtime import FailureLog, ResizeLog
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -539,8 +539,7 @@ class RecordIODataset(Dataset):
 
     Mirrors ``MXFaceDataset``: if record 0 has ``flag > 0`` its label gives the image ids
     ``1..label[0]-1``; otherwise every indexed key is an image. Images are returned as
-    ``3 x H x W`` RGB float in [0, 1] (or uint8), optionally flipped per
-    ``(seed, epoch, index)``. A record that fails to read or decode at run time, or whose
+    ``3 x H x W`` RGB float in [0, 1] (or uint8); training flips batches in the step. A record that fails to read or decode at run time, or whose
     label is not an integer in ``[0, label_bound)``, is recorded in ``failures`` and replaced
     by the next readable one; ``labels()`` applies the same substitution and lists such
     records in ``bad_records``.
@@ -556,8 +555,6 @@ class RecordIODataset(Dataset):
         path: str | os.PathLike[str],
         *,
         image_size: int | tuple[int, int] | None = None,
-        flip: float = 0.0,
-        generator: torch.Generator | None = None,
         dtype: str = "float",
         on_error: str = "substitute",
         strict: bool = True,
@@ -571,7 +568,6 @@ class RecordIODataset(Dataset):
         self.dtype = dtype
         self.on_error = on_error
         self.image_size = image_size_arg(image_size)
-        self.flip_policy = FlipPolicy(flip, generator) if flip > 0 else None
         self.failures = FailureLog(failure_log)
         self.resizes = ResizeLog()
         self.header0: tuple[int, int] | None = None
@@ -640,10 +636,6 @@ class RecordIODataset(Dataset):
     def __len__(self) -> int:
         return len(self.imgidx)
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.flip_policy is not None:
-            self.flip_policy.set_epoch(epoch)
-
     def _checked_label(self, header: IRHeader, source: str) -> int:
         """The record's class label, or ``RecordIOError`` when it cannot be a class index."""
         lab = header.label
@@ -692,8 +684,6 @@ class RecordIODataset(Dataset):
                 nxt = f"{self.reader.rec_path}#{int(self.imgidx[(j + 1) % n])}"
                 self.failures.record(src, str(exc), substitute=nxt)
                 continue
-            if self.flip_policy is not None and self.flip_policy(index):
-                rgb = rgb[:, ::-1]
             return to_tensor(rgb, self.dtype), label
         raise DataError(
             f"{self.reader.rec_path}: {MAX_SUBSTITUTE_TRIES} consecutive records from index {index} failed "

@@ -1,11 +1,8 @@
-"""Per-sample policies shared by the training datasets: deterministic flips and failure accounting.
+"""Failure and resize accounting shared by the training datasets.
 
-Why not just call ``torch.rand(generator=g)`` in ``__getitem__``? A DataLoader copies the
-dataset into every worker, so each worker would replay the *same* generator stream (the
-same flips in every worker), and results would change with ``num_workers``. Instead a base
-seed is drawn once from the user's ``torch.Generator`` and each flip is a hash of
-``(base seed, epoch, sample index)``: reproducible, independent of worker count and
-order, and different per epoch after ``set_epoch`` (as with ``DistributedSampler``).
+(Horizontal flips are not a dataset policy: the trainer flips whole batches in the step,
+keyed by seed, epoch and sample index — ``facepriv.training.batches.apply_hflip`` — so one
+implementation serves every dataset format and worker count.)
 
 Failures (a file that stops decoding mid-run) must be visible in the main process, but
 workers are separate processes. ``FailureLog`` keeps a tiny shared-memory counter tensor
@@ -26,47 +23,8 @@ import torch
 
 from .images import stretches
 
-_MASK64 = (1 << 64) - 1
 #: worker slots in the shared failure counter; slot 0 is the main process.
 MAX_WORKER_SLOTS = 256
-
-
-def splitmix64(x: int) -> int:
-    """One round of SplitMix64: a fast, well-mixed 64-bit integer hash."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def hash_uniform(*keys: int) -> float:
-    """Deterministic uniform number in [0, 1) from integer keys."""
-    h = 0x2545F4914F6CDD1D
-    for k in keys:
-        h = splitmix64(h ^ (int(k) & _MASK64))
-    return (h >> 11) / float(1 << 53)
-
-
-class FlipPolicy:
-    """Horizontal flip with probability ``p``, decided by hashing (seed, epoch, index).
-
-    ``generator`` (a ``torch.Generator``) supplies the base seed once, so the caller keeps
-    control of reproducibility; ``None`` draws it from torch's global RNG.
-    """
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"flip probability must be in [0, 1], got {p}")
-        self.p = float(p)
-        self.seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the flip pattern for a new epoch (call from the training loop)."""
-        self.epoch = int(epoch)
-
-    def __call__(self, index: int) -> bool:
-        return self.p > 0 and hash_uniform(self.seed, self.epoch, index) < self.p
 
 
 def _worker_slot() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 
 import numpy as np
@@ -142,30 +141,6 @@ def test_failures_visible_across_workers(tree, tmp_path):
     assert ds.failures.count >= 3
     lines = [json.loads(s) for s in log.read_text().splitlines()]
     assert {ln["source"].rsplit("/", 1)[-1] for ln in lines} == {"90_garbage.jpg", "91_truncated.jpg", "92_empty.png"}
-
-
-def test_flip_is_deterministic_and_worker_independent(tree):
-    def make(seed):
-        return ImageFolderDataset(tree, flip=0.5, generator=torch.Generator().manual_seed(seed))
-
-    a, b = make(7), make(7)
-    xa = torch.stack([a[i][0] for i in range(len(a))])
-    xb = torch.stack([b[i][0] for i in reversed(range(len(b)))]).flip(0)
-    assert torch.equal(xa, xb)  # same seed, any order -> same images
-    plain = ImageFolderDataset(tree)
-    x0 = torch.stack([plain[i][0] for i in range(len(plain))])
-    flipped = [not torch.equal(xa[i], x0[i]) for i in range(len(a))]
-    assert any(flipped) and not all(flipped)
-    for i in range(len(a)):
-        assert torch.equal(xa[i], x0[i]) or torch.equal(xa[i], x0[i].flip(-1))
-    patterns = set()
-    for epoch in range(4):
-        a.set_epoch(epoch)
-        patterns.add(tuple(not torch.equal(a[i][0], x0[i]) for i in range(len(a))))
-    assert len(patterns) > 1
-    a.set_epoch(0)
-    loader = torch.utils.data.DataLoader(pickle.loads(pickle.dumps(a)), batch_size=3, num_workers=2)
-    assert torch.equal(torch.cat([x for x, _ in loader]), xa)
 
 
 def test_errors_name_the_problem(tmp_path):
