@@ -9,7 +9,9 @@ Every frontend call must produce a fresh output tensor, so the physical limit fo
 * ``fast_full``: ``block_dct`` (banded, never materialises the up-sampled image);
 * ``naive_partialface``: naive full DCT, then pick each sample's 27 channels;
 * ``partialface``: ``PartialFace`` computing only its 27 channels per sample;
-* ``dctdp``, ``dct``, ``rgb``: the other frontends as deployed (eval mode);
+* ``dctdp``, ``dct``, ``rgb``, ``minusface``: the other frontends as deployed (eval mode);
+* ``<frontend>@<u>`` for the compact layouts ``u`` = 2, 1 (28x28 / 14x14 maps), each against
+  the write bound of its own, 16x / 64x smaller, output (``write_bound@<u>``);
 * ``dctdp_float32_sampler_before``: DCTDP as it was before the exact release (full DCT,
   clamp, float32 ``torch.rand`` inverse-CDF Laplace truncated at ~16 scales), for a same-run
   before/after of DCTDP's time over the write bound;
@@ -25,7 +27,19 @@ from typing import Callable
 
 import torch
 
-from facepriv.frontends import DCTDP, DCTFrontend, PartialFace, RGBFrontend, block_dct, block_idct, reference_block_dct
+from facepriv.frontends import (
+    DCTDP,
+    DCTFrontend,
+    MinusFace,
+    PartialFace,
+    RGBFrontend,
+    block_dct,
+    block_idct,
+    reference_block_dct,
+)
+
+#: the compact layouts timed beside the TFace x8 one
+COMPACT = (2, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +122,18 @@ def run(args: argparse.Namespace) -> dict:
         "dctdp_float32_sampler_before": lambda: dctdp_float32_sampler_before(dp, images, old_generator),
         "dct": lambda: DCTFrontend()(images),
         "rgb": lambda: RGBFrontend()(images),
+        "minusface": lambda: mf(images),
     }
+    mf = MinusFace(secret_seed=1).eval()
+    for u in COMPACT:
+        m = s * u // 8
+        pf_u, dp_u = PartialFace(upsample=u, secret_seed=1).eval(), DCTDP(upsample=u, input_size=s).eval()
+        methods.update({
+            f"write_bound@{u}": (lambda m=m: torch.empty(b, 192, m, m).fill_(0.0)),
+            f"partialface@{u}": (lambda f=pf_u: f(images)),
+            f"dctdp@{u}": (lambda f=dp_u: f(images)),
+            f"dct@{u}": (lambda u=u: block_dct(images, u)),
+        })
     seconds: dict[str, float] = {}
     with torch.no_grad():
         for name, fn in methods.items():
@@ -133,12 +158,20 @@ def run(args: argparse.Namespace) -> dict:
         "naive_full_time_over_write_bound": seconds["naive_full"] / seconds["write_bound"],
         "dctdp_time_over_write_bound": seconds["dctdp"] / seconds["write_bound"],
         "dctdp_before_time_over_write_bound": seconds["dctdp_float32_sampler_before"] / seconds["write_bound"],
+        "minusface_vs_partialface_time": seconds["minusface"] / seconds["partialface"],
     }
+    for u in COMPACT:
+        for name in ("partialface", "dctdp", "dct"):
+            x8 = seconds["fast_full" if name == "dct" else name]
+            ratios[f"{name}@{u}_speedup_vs_x8"] = x8 / seconds[f"{name}@{u}"]
+            ratios[f"{name}@{u}_time_over_its_write_bound"] = seconds[f"{name}@{u}"] / seconds[f"write_bound@{u}"]
     goals = {
         "fast_full >= 3x naive_full": ratios["fast_full_vs_naive_full"] >= 3.0,
         "fast_full within 2x of write_bound": ratios["fast_full_time_over_write_bound"] <= 2.0,
         "partialface >= 20x naive_partialface": ratios["partialface_vs_naive_partialface"] >= 20.0,
         "dctdp within 3x of write_bound": ratios["dctdp_time_over_write_bound"] <= 3.0,
+        **{f"dctdp@{u} within 3x of its write_bound": ratios[f"dctdp@{u}_time_over_its_write_bound"] <= 3.0
+           for u in COMPACT},
         "identical outputs (float32, rel < 1e-5)": full_rel < 1e-5 and part_diff / 1000.0 < 1e-5,
     }
     return {

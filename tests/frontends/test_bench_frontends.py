@@ -28,3 +28,16 @@ def test_the_before_path_is_the_old_truncated_sampler() -> None:
     z = (y - torch.clamp(bench.block_dct(x)[:, :192].view(4, 3, 64, 16, 16)[:, :, 1:].reshape(4, 189, 16, 16),
                          -dp.element_bounds().view(189, 16, 16), dp.element_bounds().view(189, 16, 16))) / dp.noise_scales()
     assert float(z.detach().abs().max()) < 16.7  # truncated, as the issue reported
+
+
+def test_bench_times_minusface_and_the_compact_layouts_against_their_own_write_bound() -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    result = bench.run(parser.parse_args(["--batch", "2", "--size", "16", "--repeats", "1", "--threads", "1"]))
+    assert "minusface" in result["images_per_second"] and result["ratios"]["minusface_vs_partialface_time"] > 0
+    for u in (2, 1):
+        assert {f"write_bound@{u}", f"partialface@{u}", f"dctdp@{u}", f"dct@{u}"} <= set(result["images_per_second"])
+        for name in ("partialface", "dctdp", "dct"):
+            assert result["ratios"][f"{name}@{u}_speedup_vs_x8"] > 0
+            assert result["ratios"][f"{name}@{u}_time_over_its_write_bound"] > 0
+        assert f"dctdp@{u} within 3x of its write_bound" in result["goals_met"]
