@@ -10,8 +10,11 @@ Every frontend call must produce a fresh output tensor, so the physical limit fo
 * ``naive_partialface``: naive full DCT, then pick each sample's 27 channels;
 * ``partialface``: ``PartialFace`` computing only its 27 channels per sample;
 * ``dctdp``, ``dct``, ``rgb``, ``minusface``: the other frontends as deployed (eval mode);
-* ``<frontend>@<u>`` for the compact layouts ``u`` = 2, 1 (28x28 / 14x14 maps), each against
-  the write bound of its own, 16x / 64x smaller, output (``write_bound@<u>``);
+* ``<frontend>@<u>`` for the compact layouts ``u`` = 2, 1 (28x28 / 14x14 maps), with their
+  speed-up over the x8 layout and their time over the write bound of their own, 16x / 64x
+  smaller, output (``write_bound@<u>``; informative only: a compact output is smaller than
+  the input face, so reading the face and the DCT, not the write, bound these layouts, and
+  no write-bound goal is set for them);
 * ``dctdp_float32_sampler_before``: DCTDP as it was before the exact release (full DCT,
   clamp, float32 ``torch.rand`` inverse-CDF Laplace truncated at ~16 scales), for a same-run
   before/after of DCTDP's time over the write bound;
@@ -170,8 +173,6 @@ def run(args: argparse.Namespace) -> dict:
         "fast_full within 2x of write_bound": ratios["fast_full_time_over_write_bound"] <= 2.0,
         "partialface >= 20x naive_partialface": ratios["partialface_vs_naive_partialface"] >= 20.0,
         "dctdp within 3x of write_bound": ratios["dctdp_time_over_write_bound"] <= 3.0,
-        **{f"dctdp@{u} within 3x of its write_bound": ratios[f"dctdp@{u}_time_over_its_write_bound"] <= 3.0
-           for u in COMPACT},
         "identical outputs (float32, rel < 1e-5)": full_rel < 1e-5 and part_diff / 1000.0 < 1e-5,
     }
     return {

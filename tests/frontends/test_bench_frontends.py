@@ -40,4 +40,4 @@ def test_bench_times_minusface_and_the_compact_layouts_against_their_own_write_b
         for name in ("partialface", "dctdp", "dct"):
             assert result["ratios"][f"{name}@{u}_speedup_vs_x8"] > 0
             assert result["ratios"][f"{name}@{u}_time_over_its_write_bound"] > 0
-        assert f"dctdp@{u} within 3x of its write_bound" in result["goals_met"]
+    assert not any("@" in goal for goal in result["goals_met"])  # input-bound layouts: no write-bound goal
