@@ -335,17 +335,25 @@ class DCTDP(Frontend):
                 inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
                 bound = self.element_bounds().float().expand(AC_CHANNELS, h, w).reshape_as(inv_scale).contiguous()
                 neg_bound = -bound
-            scratch = torch.empty(1, N_COLORS * COEFFS_PER_BLOCK, h, w, dtype=images.dtype, device=images.device)
-            for i in range(b):  # one image at a time, into one reused buffer: it stays in cache
-                block_dct(images[i : i + 1], self.upsample, validate=False, out=scratch)
-                ac = scratch.view(N_COLORS, COEFFS_PER_BLOCK, h, w)[:, 1:]
-                k = out[i].view(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
-                self._release_one(ac, k, params, words, None if words is not None else noise_grid[i])
+            if self._per_image(images.device):
+                # CPU: one image at a time, into one reused buffer, so it stays in cache
+                scratch = torch.empty(1, N_COLORS * COEFFS_PER_BLOCK, h, w, dtype=images.dtype, device=images.device)
+                for i in range(b):
+                    block_dct(images[i : i + 1], self.upsample, validate=False, out=scratch)
+                    ac = scratch.view(N_COLORS, COEFFS_PER_BLOCK, h, w)[:, 1:]
+                    k = out[i].view(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
+                    self._release_one(ac, k, params, words, None if words is not None else noise_grid[i])
+                    if learn:
+                        self._standardised_noise(ac, k, xi[i].view_as(k), neg_bound, bound, inv_scale)
+            else:
+                # accelerators: the whole batch in one pass (a loop would launch ~15 kernels per image)
+                full = block_dct(images, self.upsample, validate=False)
+                ac = full.view(b, N_COLORS, COEFFS_PER_BLOCK, h, w)[:, :, 1:]
+                k = out.view(b, N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
+                self._release_one(ac, k, params, words, noise_grid)
                 if learn:
-                    x = xi[i].view_as(k)
-                    torch.clamp(ac.float(), min=neg_bound, max=bound, out=x)
-                    torch.sub(k, x, out=x)
-                    x.mul_(inv_scale)
+                    self._standardised_noise(ac, k, xi.view_as(k), neg_bound, bound, inv_scale)
+                del full
         if learn:
             return _ReparameterisedRelease.apply(scales, out, xi)
         if torch.is_grad_enabled() and (self.budget_logits.requires_grad or images.requires_grad):
@@ -354,9 +362,24 @@ class DCTDP(Frontend):
         return out
 
     @staticmethod
+    def _per_image(device: torch.device) -> bool:
+        """Release image by image (CPU: cache-sized work, the NumPy sampler) or the batch at once."""
+        return device.type == "cpu"
+
+    @staticmethod
+    def _standardised_noise(ac: Tensor, k: Tensor, x: Tensor, neg_bound: Tensor, bound: Tensor,
+                            inv_scale: Tensor) -> None:
+        """``x = (release - clip(f)) / b``: the realised noise in units of its scale (training's
+        reparameterisation), written into ``x`` without a temporary."""
+        torch.clamp(ac.float(), min=neg_bound, max=bound, out=x)
+        torch.sub(k, x, out=x)
+        x.mul_(inv_scale)
+
+    @staticmethod
     def _release_one(ac: Tensor, k: Tensor, params: dict[str, Tensor], words: Any, noise: Tensor | None) -> None:
-        """Write one image's release into ``k`` (3, 63, H, W) from its AC coefficients ``ac``."""
-        if noise is None and k.device.type == "cpu" and ac.dtype == torch.float32:
+        """Write the release into ``k`` ((B,) 3, 63, H, W) from the AC coefficients ``ac`` of one
+        image or a batch (the parameters broadcast over the batch)."""
+        if noise is None and k.device.type == "cpu" and ac.dtype == torch.float32 and ac.dim() == 4:
             rows = (N_COLORS, -1)  # per colour the 63 AC planes are contiguous in the DCT buffer
             release_grid_cpu(ac.reshape(rows).numpy(), params["inv_grid"].reshape(rows).numpy(),
                              params["half_range"].reshape(rows).numpy(), params["grid"].reshape(rows).numpy(),
