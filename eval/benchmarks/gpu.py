@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LFW-half pack (facepriv data bundle) for the real run; without it the section is skipped")
     parser.add_argument("--real-config", default=None,
                         help="YAML overrides of the real run's recipe (keys of real_run_recipe(); default: the built-in one)")
-    parser.add_argument("--real-frontends", default="rgb,partialface,dctdp",
-                        help="rows of the real run, in order; rows after rgb are warm-started from it (default rgb,partialface,dctdp)")
+    parser.add_argument("--real-frontends", default="rgb,partialface@1,partialface,dctdp@1,dctdp",
+                        help="rows of the real run, in order; rows after rgb are warm-started from it; NAME@U is the "
+                             "frontend at the compact layout upsample U (default rgb,partialface@1,partialface,dctdp@1,dctdp)")
     parser.add_argument("--workers", type=int, default=None, help="data-loader workers for the real run (default: CPUs - 2)")
     parser.add_argument("--work-dir", default=None,
                         help="where the real run's checkpoints go (default OUT/real; keep it outside OUT when OUT "
@@ -644,8 +645,11 @@ def real_run_recipe(tiny: bool) -> dict[str, Any]:
 
 def _real_train_config(recipe: dict[str, Any], frontend: str, steps: int, device: str, workers: int,
                        init_from: str | None, path: str) -> dict[str, Any]:
-    fe: dict[str, Any] = {"name": frontend}
-    if frontend == "dctdp":
+    from facepriv.eval.benchmarks.train import split_layout
+
+    name, upsample = split_layout(frontend)  # "partialface@1": the compact x1 layout
+    fe: dict[str, Any] = {"name": name, **({"upsample": upsample} if upsample is not None else {})}
+    if name == "dctdp":
         fe.update({"epsilon_mean": 4.0, "input_size": recipe["image_size"]})
     return {
         "name": f"gpu-real-{frontend}", "seed": 0, "device": device,
@@ -752,7 +756,8 @@ def section_real(device: Any, budget: Budget, args: argparse.Namespace,
             summary = trainer.fit(stop_after_s=seconds * 1.15)
             train_s = time.perf_counter() - t0
             model = trainer.recognizer.eval()
-            result = evaluate_on_pack(model, test_set, device, repetitions=1 if frontend in ("rgb", "dct") else 2)
+            result = evaluate_on_pack(model, test_set, device,
+                                      repetitions=1 if frontend.split("@")[0] in ("rgb", "dct") else 2)
             if frontend == "rgb":
                 rgb_model = str(trainer.export_model(run_dir / "model.pt"))
             trained[frontend] = model.frontend

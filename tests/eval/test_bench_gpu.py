@@ -86,7 +86,7 @@ def test_bench_gpu_cpu_tiny_runs_every_section(pack_dir: Path, tmp_path: Path) -
 
     out = tmp_path / "bench"
     rc = main(["gpu", "--device", "cpu", "--tiny", "--out", str(out), "--pack", str(pack_dir),
-               "--models", "iresnet18", "--real-frontends", "rgb,dct", "--budget-s", "300"])
+               "--models", "iresnet18", "--real-frontends", "rgb,dct@1", "--budget-s", "300"])
     assert rc == 0
     res = json.loads((out / "gpu.json").read_text())
     sec = res["sections"]
@@ -98,9 +98,9 @@ def test_bench_gpu_cpu_tiny_runs_every_section(pack_dir: Path, tmp_path: Path) -
     assert all("faces_per_second" in r for r in sec["throughput"]["training_step"].values())
     rows = sec["real"]["rows"]
     assert 0.0 <= rows["rgb"]["accuracy"] <= 1.0 and rows["rgb"]["pairs"] == 40
-    assert rows["dct"]["warm_start_from"] == "rgb"
+    assert rows["dct@1"]["warm_start_from"] == "rgb"  # the compact layout warm-starts from the 112 px RGB model
     saved = torch.load(out / "real_frontends.pt", weights_only=True)  # the rows' frontends, for CPU attacks
-    assert set(saved) == {"rgb", "dct"} and json.loads(saved["dct"]["config"])["name"] == "dct"
+    assert set(saved) == {"rgb", "dct@1"} and json.loads(saved["dct@1"]["config"])["upsample"] == 1
     md = (out / "gpu.md").read_text()
     assert "## Correctness" in md and "## Training throughput" in md and "## Short real run" in md
 
