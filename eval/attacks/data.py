@@ -44,10 +44,6 @@ class FaceSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def float_images(self, index: Tensor | slice | None = None) -> Tensor:
-        x = self.images if index is None else self.images[index]
-        return x.float() / 255.0
-
     def summary(self) -> dict[str, Any]:
         return {"root": self.root, "images": len(self), "identities": len(set(self.labels.tolist())),
                 "skipped_files": len(self.skipped)}
