@@ -22,7 +22,7 @@ from .frontier import worst_case_leakage
 TPR_TARGET = 1e-3
 
 
-def levers(name: str, row: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def levers(row: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     """The recipe of one row in words a reader compares: layout, start, budget."""
     frontend = dict(row.get("frontend") or {})
     fname = str(frontend.get("name", "?"))
@@ -57,7 +57,7 @@ def recipe_study(collected: dict[str, Any], model: dict[str, Any], environment: 
         leak, ci, attack = worst_case_leakage(r.get("leakage"))
         rows.append({
             "name": name,
-            "levers": levers(name, r, model),
+            "levers": levers(r, model),
             "status": "done" if acc is not None else ("trained" if training else "missing"),
             # seconds of the session(s) that trained it; a resumed row reports its last session
             "train_seconds": training.get("seconds_this_session"),

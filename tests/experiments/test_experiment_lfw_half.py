@@ -134,7 +134,7 @@ def test_recipe_levers_name_the_layout_and_start():
                         "seconds_this_session": 600.0, "steps_this_session": 1200, "faces_per_second": 128.0},
            "verification": {"accuracy": (0.9, 0.01), "tpr_at_fpr_1e-3": (0.4, 0.02)},
            "leakage": {"public": {"tpr_at_fpr_1e-3": 0.02, "best_attack": "linkage/raw"}}}
-    lv = levers("pf_x1", row, {"name": "iresnet18", "width": 0.25, "embedding_size": 128})
+    lv = levers(row, {"name": "iresnet18", "width": 0.25, "embedding_size": 128})
     assert lv["layout"] == "compact x1 (14x14 maps)" and lv["start"] == "warm start from /r/models/rgb/model.pt"
     assert lv["frontend_options"] == {"upsample": 1} and lv["epochs"] == 5.91
     rgb = {"mode": "distill", "frontend": {"name": "rgb"}, "training": None,
