@@ -28,7 +28,7 @@ TARGET_RATIO = 0.90
 def worst_case_leakage(leakage: dict[str, Any] | None) -> tuple[float | None, tuple[float, float] | None, str | None]:
     """The strongest attack over knowledge levels: (TPR@1e-3, its CI if known, which attack)."""
     best: tuple[float | None, tuple[float, float] | None, str | None] = (None, None, None)
-    for level in ("public", "secret"):
+    for level in ("public", "recovered", "secret"):
         r = (leakage or {}).get(level) or {}
         v = find_fpr(r, 1e-3)
         if v is not None and (best[0] is None or v > best[0]):
@@ -44,6 +44,10 @@ def frontier_points(collected: dict[str, Any]) -> list[dict[str, Any]]:
         v = r.get("verification") or {}
         acc, acc_std = (v.get("accuracy") or (None, None))
         leak, ci, attack = worst_case_leakage(r.get("leakage"))
+        if leak is None and (r.get("frontend") or {}).get("name") == "rgb":
+            # the RGB frontend releases the face itself: its leakage is the raw images' (measured
+            # as a baseline of every attack run), not a separate attack
+            leak, attack = find_fpr(collected.get("raw_images_leakage"), 1e-3), "the image itself"
         if acc is None or leak is None:
             continue
         points.append({"name": name, "accuracy": acc, "accuracy_std": acc_std or 0.0, "leakage": leak,

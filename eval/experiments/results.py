@@ -66,7 +66,7 @@ def reference_verification(ref: dict[str, Any]) -> dict[str, Any]:
 def leakage_row(attack: dict[str, Any]) -> dict[str, Any]:
     """Best attack by identity leakage (TPR@1e-3), for the attacker without secrets and with them."""
     out: dict[str, Any] = {}
-    for level in ("public", "secret"):
+    for level in ("public", "recovered", "secret"):
         # identity against the raw gallery only (linkage/protected links two protected queries)
         rows = [r for r in attack.get("results", []) if r.get("knowledge") == level
                 and r.get("task", "probe vs raw gallery") == "probe vs raw gallery"]
@@ -200,12 +200,16 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
     for name, r in results["rows"].items():
         v = r.get("verification")
         lk = r.get("leakage") or {}
-        pub, sec = lk.get("public", {}), lk.get("secret", {})
+        # no secret: the stronger of the public attacker and the one that recovered the table from traffic
+        pub = max((lk.get(k) or {} for k in ("public", "recovered")), key=lambda d: find_fpr(d, 1e-3) or -1.0)
+        sec = lk.get("secret", {})
         mode = r["mode"]
         if v is None:
             lines.append(f"| {name} | {mode} | not run | | | | | | | | |")
             continue
         best = pub.get("best_attack", "–")
+        if pub and pub is lk.get("recovered"):
+            best += " (table recovered from traffic)"
         if r.get("attack_shared_from"):  # identical frontend: one attack serves both rows
             best += f" (frontend = {r['attack_shared_from']})"
         psnr = max((x for x in (pub.get("psnr"), sec.get("psnr")) if x is not None), default=None)

@@ -359,3 +359,28 @@ def test_every_shipped_row_builds_its_training_config(scale, tmp_path):
     names = [m.name for m in cfg.models]
     assert sum(n.startswith("dctdp_") for n in names) >= 4 and "minusface_distill" in names
     assert cfg.attacks.max_victims >= 300 and "linkage" in cfg.attacks.config["attacks"]
+
+
+def test_recovered_table_attacker_counts_as_no_secret_leakage():
+    """Regression: the table and the frontier read only the public and secret levels, so an
+    attacker that recovered PartialFace's table from traffic (no secret) was left out."""
+    from facepriv.eval.experiments.frontier import worst_case_leakage
+    from facepriv.eval.experiments.results import leakage_row
+
+    def res(level, tpr):
+        return {"attack": "learned", "knowledge": level, "identity": {"tpr_at_fpr_1e-3": tpr, "rank1": tpr},
+                "image": {"psnr_db": {"mean": 13.0}, "ssim_luma": {"mean": 0.4}}}
+
+    lk = leakage_row({"results": [res("public", 0.003), res("recovered", 0.013), res("secret", 0.004)]})
+    assert lk["recovered"]["tpr_at_fpr_1e-3"] == 0.013
+    assert worst_case_leakage(lk)[0] == 0.013 and "recovered" in worst_case_leakage(lk)[2]
+
+
+def test_rgb_row_without_its_own_attack_sits_at_the_raw_image_leakage():
+    from facepriv.eval.experiments.frontier import frontier_points
+
+    collected = {"rows": {"rgb": {"frontend": {"name": "rgb"}, "verification": {"accuracy": (0.9, 0.0)}, "leakage": None},
+                          "dct": {"frontend": {"name": "dct"}, "verification": {"accuracy": (0.9, 0.0)}, "leakage": None}},
+                 "raw_images_leakage": {"tpr_at_fpr_1e-3": 0.921}}
+    points = {p["name"]: p for p in frontier_points(collected)}
+    assert set(points) == {"rgb"} and points["rgb"]["leakage"] == 0.921 and points["rgb"]["attack"] == "the image itself"
