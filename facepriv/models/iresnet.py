@@ -48,8 +48,6 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 }
 
 STAGE_CHANNELS = (64, 128, 256, 512)
-#: Each stage halves the resolution: 112 -> 56 -> 28 -> 14 -> 7 (``strided_stages`` = 4).
-TOTAL_STRIDE = 16
 
 
 class SEModule(nn.Module):

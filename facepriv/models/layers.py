@@ -102,12 +102,11 @@ def resolve_strided_stages(input_size: int, strided_stages: int | None, name: st
     ``FaceRecognizer.from_config`` sets it from the layout instead (``strided_stages_for``).
     """
     if strided_stages is None:
-        fits = [k for k in range(STRIDE_POINTS, -1, -1) if input_size == FINAL_MAP * 2**k]
-        if input_size % 2**STRIDE_POINTS == 0 and input_size > 0:
+        if input_size > 0 and input_size % 2**STRIDE_POINTS == 0:
             strided_stages = STRIDE_POINTS
-        elif fits:
-            strided_stages = fits[0]
         else:
+            strided_stages = next((k for k in range(STRIDE_POINTS, -1, -1) if input_size == FINAL_MAP * 2**k), None)
+        if strided_stages is None:
             raise ValueError(f"{name}: input_size {input_size} is not divisible by 2**strided_stages = "
                              f"{2**STRIDE_POINTS} nor a compact 7 x 2**k map; set strided_stages explicitly")
     k = int(strided_stages)

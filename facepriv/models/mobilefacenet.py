@@ -31,7 +31,6 @@ from facepriv.models.layers import (
     stage_strides,
 )
 
-TOTAL_STRIDE = 16
 
 
 class ConvBlock(nn.Module):
