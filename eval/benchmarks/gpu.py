@@ -734,7 +734,9 @@ def section_real(device: Any, budget: Budget, args: argparse.Namespace,
     workers = args.workers if args.workers is not None else max(0, min(12, (os.cpu_count() or 2) - 2))
     rows: dict[str, Any] = {}
     trained: dict[str, Any] = {}
-    frontends = [f.strip() for f in args.real_frontends.split(",") if f.strip()]
+    from facepriv.eval.benchmarks.train import parse_frontends
+
+    frontends = parse_frontends(args.real_frontends)  # checked in run() before any section starts
     rgb_model: str | None = None
     out_dir = Path(args.work_dir) if args.work_dir else Path(args.out) / "real"
     eval_reserve = 10.0 if args.tiny else 20.0  # embedding the test images, per row
@@ -810,6 +812,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"facepriv bench gpu: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    if "real" in wanted:  # a typo in --real-frontends must not surface after minutes of GPU checks
+        from facepriv.eval.benchmarks.train import parse_frontends
+
+        try:
+            parse_frontends(args.real_frontends)
+        except ValueError as exc:
+            raise SystemExit(f"facepriv bench gpu: --real-frontends: {exc}") from None
     sz = sizes(args.tiny)
     header = {"benchmark": "gpu", "device": str(device),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

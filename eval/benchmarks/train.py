@@ -124,21 +124,26 @@ def parse_frontends(text: str) -> list[str]:
     from facepriv.frontends import FRONTENDS
 
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if split_layout(n)[0] not in FRONTENDS]
-    bad += [n for n in names if "@" in n and split_layout(n)[1] not in (1, 2, 4, 8)]
-    if not names or bad:
-        raise ValueError(f"--frontends: unknown or empty {bad or text!r}; choose from {sorted(FRONTENDS)}, "
-                         "optionally with a layout as NAME@UPSAMPLE (1, 2, 4 or 8)")
+    unknown = [n for n in names if split_layout(n)[0] not in FRONTENDS]
+    if not names or unknown:
+        raise ValueError(f"--frontends: unknown or empty {unknown or text!r}; choose from {sorted(FRONTENDS)}, "
+                         f"optionally with a layout as NAME@UPSAMPLE ({', '.join(UPSAMPLES)})")
     return list(dict.fromkeys(names))
+
+
+#: the ``@U`` layouts a spec may name (the frontends' own ``upsample`` values)
+UPSAMPLES = ("1", "2", "4", "8")
 
 
 def split_layout(spec: str) -> tuple[str, int | None]:
     """``"partialface@2"`` -> ``("partialface", 2)``; ``"rgb"`` -> ``("rgb", None)``."""
-    name, _, upsample = spec.partition("@")
-    try:
-        return name, (int(upsample) if upsample else None)
-    except ValueError:
-        return name, -1
+    name, at, upsample = spec.partition("@")
+    if not at:
+        return name, None
+    if upsample not in UPSAMPLES:
+        raise ValueError(f"--frontends: {spec!r}: write a layout as NAME@UPSAMPLE with UPSAMPLE one of "
+                         f"{', '.join(UPSAMPLES)}")
+    return name, int(upsample)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -173,16 +178,17 @@ def train_config(name: str, s: TrainBenchSettings) -> Any:
     """A TrainConfig mirroring training/configs/<frontend>_iresnet18.yaml at benchmark sizes."""
     from facepriv.training.config import config_from_dict
 
+    frontend = frontend_options(name, s.seed, s.image_size)
     return config_from_dict({
         "name": f"bench-train-{name}", "seed": s.seed, "device": s.device,
         "data": {"format": "synthetic", "batch_size": s.batch_size, "num_workers": 0, "image_size": s.image_size,
                  "hflip": True, "pin_memory": False, "dtype": "uint8", "num_classes": s.num_classes},
-        "frontend": frontend_options(name, s.seed, s.image_size),
+        "frontend": frontend,
         "model": {"name": s.model, "embedding_size": 512, "width": s.width},
         "input_norm": {"mode": "auto", "calibration_batches": 1},
         "head": {"type": "softmax", "margin": "arcface", "s": 64.0, "m": 0.5},
         "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4, "clip_grad_norm": 5.0, "amp": s.amp,
-                  "frontend_lr": 0.01 if split_layout(name)[0] == "dctdp" else None},
+                  "frontend_lr": 0.01 if frontend["name"] == "dctdp" else None},
         "schedule": {"type": "constant", "max_steps": 1_000_000},
         "checkpoint": {"every_steps": 0, "save_model": False},
         "eval": {"every_steps": 0, "sets": []},

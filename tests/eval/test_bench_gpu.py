@@ -124,3 +124,11 @@ def test_gpu_window_script_is_valid_bash() -> None:
     proc = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "facepriv" in script.read_text() and "bench gpu" in script.read_text()
+
+
+def test_bench_gpu_refuses_a_bad_real_row_before_any_section(tmp_path: Path) -> None:
+    from facepriv.eval.bench import main
+
+    with pytest.raises(SystemExit, match="--real-frontends: .*'partialface@3'.*NAME@UPSAMPLE"):
+        main(["gpu", "--device", "cpu", "--tiny", "--out", str(tmp_path / "b"), "--real-frontends", "rgb,partialface@3"])
+    assert not (tmp_path / "b" / "gpu.json").exists()  # nothing ran
