@@ -22,16 +22,16 @@ from .frontier import worst_case_leakage
 TPR_TARGET = 1e-3
 
 
-def levers(row: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def levers(row: dict[str, Any], model: dict[str, Any], image_size: int = 112) -> dict[str, Any]:
     """The recipe of one row in words a reader compares: layout, start, budget."""
     frontend = dict(row.get("frontend") or {})
     fname = str(frontend.get("name", "?"))
-    upsample = frontend.get("upsample")
-    if fname in ("rgb",):
+    u = int(frontend.get("upsample") or 8)
+    side = image_size * u // 8
+    if fname == "rgb":
         layout = "pixels"
     else:
-        u = 8 if upsample is None else int(upsample)
-        layout = "TFace x8 (112x112 maps)" if u == 8 else f"compact x{u} ({112 * u // 8}x{112 * u // 8} maps)"
+        layout = f"TFace x8 ({side}x{side} maps)" if u == 8 else f"compact x{u} ({side}x{side} maps)"
     training = row.get("training") or {}
     warm = training.get("warm_start") or {}
     return {
@@ -46,7 +46,8 @@ def levers(row: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def recipe_study(collected: dict[str, Any], model: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+def recipe_study(collected: dict[str, Any], model: dict[str, Any], environment: dict[str, Any],
+                 image_size: int = 112) -> dict[str, Any]:
     """One entry per row: levers, wall time, throughput, verification and leakage (if run)."""
     rows = []
     for name, r in collected["rows"].items():
@@ -57,7 +58,7 @@ def recipe_study(collected: dict[str, Any], model: dict[str, Any], environment: 
         leak, ci, attack = worst_case_leakage(r.get("leakage"))
         rows.append({
             "name": name,
-            "levers": levers(r, model),
+            "levers": levers(r, model, image_size),
             "status": "done" if acc is not None else ("trained" if training else "missing"),
             # seconds of the session(s) that trained it; a resumed row reports its last session
             "train_seconds": training.get("seconds_this_session"),

@@ -168,7 +168,8 @@ def write_results(cfg: ExperimentConfig, layout: LfwHalf, out: Path, *, environm
                            "grids": grids}}
     from .recipe import recipe_study
 
-    results["recipe_study"] = recipe_study(collected, dict(cfg.train.get("model", {})), environment)
+    results["recipe_study"] = recipe_study(collected, dict(cfg.train.get("model", {})), environment,
+                                           int(cfg.train.get("data", {}).get("image_size", 112)))
     (out / "recipe_study.json").write_text(json.dumps(results["recipe_study"], indent=2, default=str), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     (out / "results.md").write_text(render_markdown(results), encoding="utf-8")

@@ -258,7 +258,8 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     assert set(by) == {"rgb_distill", "pf_pfm", "pf_scratch", "dct_warm"}
     assert by["rgb_distill"]["accuracy_vs_rgb"] == 1.0 and by["rgb_distill"]["levers"]["layout"] == "pixels"
     assert by["dct_warm"]["levers"]["start"].startswith("warm start from") and by["dct_warm"]["levers"]["steps"] == 2
-    assert by["pf_scratch"]["levers"]["layout"] == "TFace x8 (112x112 maps)" and by["pf_scratch"]["levers"]["start"] == "scratch"
+    # the tiny run's faces are 32 px, so its x8 maps are 32x32
+    assert by["pf_scratch"]["levers"]["layout"] == "TFace x8 (32x32 maps)" and by["pf_scratch"]["levers"]["start"] == "scratch"
     assert all(r["status"] == "done" and r["train_seconds"] is not None for r in by.values())
     assert not any("seed" in k for r in by.values() for k in r["levers"]["frontend_options"])  # no secret in docs
     (docs / "results.md").write_text("# Results\n" + md + "Hand-written discussion.\n")
