@@ -77,7 +77,8 @@ class TrainBenchSettings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontends", default=",".join(DEFAULT_FRONTENDS),
-                        help=f"comma-separated frontends to compare (default {','.join(DEFAULT_FRONTENDS)})")
+                        help=f"comma-separated frontends to compare; NAME@U trains NAME at the compact layout "
+                             f"upsample U (e.g. partialface@1) with a matching backbone (default {','.join(DEFAULT_FRONTENDS)})")
     parser.add_argument("--model", default="iresnet18", help="backbone (facepriv.models.build_backbone name; default iresnet18)")
     parser.add_argument("--width", type=float, default=1.0, help="backbone width multiplier (default 1.0)")
     parser.add_argument("--image-size", type=int, default=112, help="face size in pixels, a multiple of 8 (default 112)")
