@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facepriv.frontends import release_kernel
 from facepriv.frontends.base import Frontend, validate_images
 from facepriv.frontends.dct import BLOCK, COEFFS_PER_BLOCK, N_COLORS, block_dct, dct_matrix
 from facepriv.frontends.laplace import (
@@ -332,7 +333,7 @@ class DCTDP(Frontend):
         xi = torch.empty_like(out) if learn else None
         with torch.no_grad():
             if learn:
-                inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w)
+                inv_scale = (1.0 / scales).float().expand(AC_CHANNELS, h, w).reshape(N_COLORS, COEFFS_PER_BLOCK - 1, h, w).contiguous()
                 bound = self.element_bounds().float().expand(AC_CHANNELS, h, w).reshape_as(inv_scale).contiguous()
                 neg_bound = -bound
             if self._per_image(images.device):
@@ -370,7 +371,13 @@ class DCTDP(Frontend):
     def _standardised_noise(ac: Tensor, k: Tensor, x: Tensor, neg_bound: Tensor, bound: Tensor,
                             inv_scale: Tensor) -> None:
         """``x = (release - clip(f)) / b``: the realised noise in units of its scale (training's
-        reparameterisation), written into ``x`` without a temporary."""
+        reparameterisation), written into ``x`` without a temporary (one compiled pass on CPU)."""
+        if release_kernel.AVAILABLE and x.device.type == "cpu" and ac.dtype == torch.float32 and ac.dim() == 4:
+            rows = (N_COLORS, -1)  # per colour the 63 AC planes are contiguous in the DCT buffer
+            f, y, lim, inv, out = (t.reshape(rows).numpy() for t in (ac, k, bound, inv_scale, x))
+            for c in range(N_COLORS):
+                release_kernel.standardised_noise_row(f[c], y[c], lim[c], inv[c], out[c])
+            return
         torch.clamp(ac.float(), min=neg_bound, max=bound, out=x)
         torch.sub(k, x, out=x)
         x.mul_(inv_scale)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facepriv.frontends import release_kernel
+
 #: The pmf halves every LEVEL grid steps (q = 2^(-1/LEVEL)); the noise std is ~ sqrt(2) * LEVEL / ln 2 steps.
 LEVEL = 32
 #: Levels of the head (tabulated outcomes |z| < LEVEL * HEAD_LEVELS); the tail is 0.1 % of draws.
@@ -170,18 +172,29 @@ def _leading_zero_count(words: WordSource, n: int, device: torch.device) -> Tens
     return total
 
 
-def _slow_values(cells: Tensor, words: WordSource) -> Tensor:
+def _slow_values(cells: Tensor, words: WordSource, *, kernel: bool | None = None) -> Tensor:
     """Exact draws for the (virtual) cells the fast table cannot settle: 16 more bits, then the tail if there.
 
     A cell with one head boundary compares the 16 bits with it; the others (tail cells, the cell
     holding the head/tail boundary, cells with several boundaries) search the 32-bit layout.
+    ``kernel``: settle the one-boundary cells with the compiled CPU kernel (default: on CPU when
+    numba is available; same values, see :mod:`facepriv.frontends.release_kernel`).
     """
     device = cells.device
     _, head_values, head_cum, r_cum, physical = _tables_on(device)
     split, below, above, simple = _split_on(device)
     low = _unsigned(words(cells.numel())) & ((1 << (32 - CELL_BITS)) - 1)
     j = cells.long() - tables().n_pure
-    values = torch.where(low < split[j], below[j], above[j])
+    if kernel is None:
+        kernel = release_kernel.AVAILABLE and device.type == "cpu"
+    if kernel:
+        values = torch.empty(j.numel(), dtype=torch.float64)
+        n_deep = release_kernel.single_boundary_values(j.numpy(), low.numpy(), split.numpy(), below.numpy(),
+                                                       above.numpy(), simple.numpy(), values.numpy())
+        if not n_deep:
+            return values
+    else:
+        values = torch.where(low < split[j], below[j], above[j])
     deep = (~simple[j]).nonzero().squeeze(1)
     if not deep.numel():
         return values
@@ -261,23 +274,25 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.ndarray, grid: np.ndarray,
-                     out: np.ndarray, words: WordSource, workers: int = 1) -> None:
+                     out: np.ndarray, words: WordSource, workers: int = 1, *, kernel: bool | None = None) -> None:
     """``out = grid * (clamp(rint(values * inv_grid), -D, D) + Z)`` on the CPU, Z ~ DLap(q) i.i.d.
 
     All arrays float32 ``(rows, L)`` with contiguous rows (``values`` may have a row stride). The
     same arithmetic and the same random bits, in the same order, as :func:`add_discrete_laplace_`
-    (round half to even, exact integers below 2^24), in NumPy steps of ``_CPU_CHUNK`` elements
-    whose operands stay in cache, spread over ``workers`` threads (NumPy releases the GIL; the
-    result does not depend on the thread count). A 16-bit cell index feeds ``np.take`` without a
-    conversion pass; the ~1 % of draws needing the exact path are drawn together at the end.
+    (round half to even, exact integers below 2^24), in steps of ``_CPU_CHUNK`` elements spread
+    over ``workers`` threads (the result does not depend on the thread count). Each step is one
+    pass of the compiled kernel (``kernel``; default: when numba is available, see
+    :mod:`facepriv.frontends.release_kernel`) or NumPy passes whose operands stay in cache; both
+    give the same bits. A 16-bit cell index feeds the table gather without a conversion pass;
+    the ~1 % of draws needing the exact path are drawn together at the end.
     """
     fast, n_pure = tables().fast.numpy(), tables().n_pure
     rows, n = out.shape
     cells = np.frombuffer(words.bytes(2 * rows * n), dtype=np.uint16).reshape(rows, n)
+    if kernel is None:
+        kernel = release_kernel.AVAILABLE
 
-    def step(task: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
-        r, start = task
-        stop = min(n, start + _CPU_CHUNK)
+    def numpy_step(r: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         k = out[r, start:stop]
         np.multiply(values[r, start:stop], inv_grid[r, start:stop], out=k)
         np.rint(k, out=k)
@@ -288,6 +303,20 @@ def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.nd
         before = k[where].copy()
         np.add(k, z, out=k)
         np.multiply(k, grid[r, start:stop], out=k)
+        return where, before
+
+    def kernel_step(r: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        where, before = np.empty(stop - start, dtype=np.int64), np.empty(stop - start, dtype=np.float32)
+        m = release_kernel.release_row(values[r, start:stop], inv_grid[r, start:stop], half_range[r, start:stop],
+                                       grid[r, start:stop], cells[r, start:stop], fast, n_pure, out[r, start:stop],
+                                       where, before)
+        return where[:m], before[:m]
+
+    one_step = kernel_step if kernel else numpy_step
+
+    def step(task: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        r, start = task
+        where, before = one_step(r, start, min(n, start + _CPU_CHUNK))
         return r, where + start, before
 
     tasks = [(r, start) for r in range(rows) for start in range(0, n, _CPU_CHUNK)]
@@ -295,9 +324,12 @@ def release_grid_cpu(values: np.ndarray, inv_grid: np.ndarray, half_range: np.nd
     slow = [(r, pos, before) for r, pos, before in results if pos.size]
     if slow:
         slow_cells = np.concatenate([cells[r, pos] for r, pos, _ in slow]).astype(np.int64)
-        z_exact = _slow_values(torch.from_numpy(slow_cells), words).numpy()
+        z_exact = _slow_values(torch.from_numpy(slow_cells), words, kernel=kernel).numpy()
         offset = 0
         for r, pos, before in slow:
-            exact = (before.astype(np.float64) + z_exact[offset : offset + pos.size]).astype(np.float32)
-            out[r, pos] = exact * grid[r, pos]
+            if kernel:
+                release_kernel.apply_exact(out[r], grid[r], pos, before, z_exact, offset)
+            else:
+                exact = (before.astype(np.float64) + z_exact[offset : offset + pos.size]).astype(np.float32)
+                out[r, pos] = exact * grid[r, pos]
             offset += pos.size

@@ -64,14 +64,16 @@ class KeystreamWords:
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
         self._zeros = b""
 
-    def bytes(self, n: int) -> bytearray:
-        """The next ``n`` keystream bytes (encrypting zeros in CTR mode yields the keystream)."""
+    def bytes(self, n: int) -> memoryview:
+        """The next ``n`` keystream bytes (encrypting zeros in CTR mode yields the keystream).
+
+        A view of the first ``n`` bytes of a fresh buffer: trimming the buffer instead would copy
+        it (megabytes per DCTDP face)."""
         if len(self._zeros) < n:
             self._zeros = bytes(max(n, 2 * len(self._zeros)))
         out = bytearray(n + 15)  # update_into wants room for one block more
         self._encryptor.update_into(memoryview(self._zeros)[:n], out)
-        del out[n:]
-        return out
+        return memoryview(out)[:n]
 
     def __call__(self, n: int) -> Tensor:
         """``n`` uniform int32 words (any sign)."""

@@ -18,6 +18,12 @@ def test_bench_reports_dctdp_before_and_after() -> None:
         assert result["ratios"][key] > 0
     assert "dctdp within 3x of write_bound" in result["goals_met"]
     assert {"dctdp", "dctdp_float32_sampler_before"} <= set(result["images_per_second"])
+    # one thread: the CPU-time ratios and goals come beside the wall-time ones, same keys
+    assert set(result["ratios_cpu_time"]) == set(result["ratios"])
+    assert set(result["goals_met_cpu_time"]) | {"identical outputs (float32, rel < 1e-5)"} == set(result["goals_met"])
+    assert all(v > 0 for v in result["cpu_seconds_per_batch"].values())
+    if result["release_kernel"] == "numba":  # the kernels' same-run speed-up over the NumPy path
+        assert result["ratios"]["dctdp_release_kernel_speedup"] > 0
 
 
 def test_the_before_path_is_the_old_truncated_sampler() -> None:
