@@ -73,7 +73,6 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_minute
     single process (returns rank 0 of 1 without creating a group).
     """
     world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local_rank, share_devices=backend == "gloo")
     if dev.type == "cuda":

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("flwr.app")
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
 from facepriv.federated.strategies import PFM  # noqa: E402
 from facepriv.federated.protocol import MOMENTUM, numpy_to_record, record_to_numpy  # noqa: E402
