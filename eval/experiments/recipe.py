@@ -39,7 +39,10 @@ def levers(row: dict[str, Any], model: dict[str, Any], image_size: int = 112) ->
         "frontend_options": {k: v for k, v in frontend.items() if k != "name" and not k.endswith("_seed")},
         "layout": layout,
         "mode": row.get("mode"),
-        "start": f"warm start from {warm['source']}" if warm.get("source") else "scratch",
+        # the donor row's name (the config's init_from, known before the row trains); a model
+        # file path only where the row came without its config
+        "start": (f"warm start from {row['init_from']}" if row.get("init_from")
+                  else f"warm start from {warm['source']}" if warm.get("source") else "scratch"),
         "backbone": {k: model[k] for k in ("name", "width", "embedding_size") if k in model},
         "steps": training.get("steps"),
         "epochs": None if training.get("epochs") is None else round(float(training["epochs"]), 2),

@@ -116,7 +116,7 @@ def collect(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
         v = _read(d / "verify.json")
         a = _read(out / "attacks" / spec.name / "attack.json")
         rows[spec.name] = {
-            "mode": spec.mode, "frontend": spec.frontend,
+            "mode": spec.mode, "frontend": spec.frontend, "init_from": spec.init_from,
             "training": _read(d / "train_done.json"),
             "verification": verification_row(v) if v else None,
             "leakage": leakage_row(a) if a else None,

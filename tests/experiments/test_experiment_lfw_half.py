@@ -137,6 +137,9 @@ def test_recipe_levers_name_the_layout_and_start():
     lv = levers(row, {"name": "iresnet18", "width": 0.25, "embedding_size": 128})
     assert lv["layout"] == "compact x1 (14x14 maps)" and lv["start"] == "warm start from /r/models/rgb/model.pt"
     assert lv["frontend_options"] == {"upsample": 1} and lv["epochs"] == 5.91
+    # with its config the donor is named by its row, also before the row has trained
+    untrained = {**row, "training": None, "init_from": "rgb"}
+    assert levers(untrained, {})["start"] == "warm start from rgb"
     rgb = {"mode": "distill", "frontend": {"name": "rgb"}, "training": None,
            "verification": {"accuracy": (0.95, 0.0)}, "leakage": None}
     study = recipe_study({"rows": {"rgb": rgb, "pf_x1": row}}, {}, {"cpu_count": 2})
@@ -257,7 +260,7 @@ def test_end_to_end_resume_and_report(data_root, tmp_path, monkeypatch):
     by = {r["name"]: r for r in study["rows"]}
     assert set(by) == {"rgb_distill", "pf_pfm", "pf_scratch", "dct_warm"}
     assert by["rgb_distill"]["accuracy_vs_rgb"] == 1.0 and by["rgb_distill"]["levers"]["layout"] == "pixels"
-    assert by["dct_warm"]["levers"]["start"].startswith("warm start from") and by["dct_warm"]["levers"]["steps"] == 2
+    assert by["dct_warm"]["levers"]["start"] == "warm start from rgb_distill" and by["dct_warm"]["levers"]["steps"] == 2
     # the tiny run's faces are 32 px, so its x8 maps are 32x32
     assert by["pf_scratch"]["levers"]["layout"] == "TFace x8 (32x32 maps)" and by["pf_scratch"]["levers"]["start"] == "scratch"
     assert all(r["status"] == "done" and r["train_seconds"] is not None for r in by.values())
