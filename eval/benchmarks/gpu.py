@@ -90,9 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LFW-half pack (facepriv data bundle) for the real run; without it the section is skipped")
     parser.add_argument("--real-config", default=None,
                         help="YAML overrides of the real run's recipe (keys of real_run_recipe(); default: the built-in one)")
-    parser.add_argument("--real-frontends", default="rgb,partialface@1,partialface,dctdp@1,dctdp",
+    parser.add_argument("--real-frontends", default="rgb,partialface@2,partialface@1,partialface,dctdp@1,dctdp",
                         help="rows of the real run, in order; rows after rgb are warm-started from it; NAME@U is the "
-                             "frontend at the compact layout upsample U (default rgb,partialface@1,partialface,dctdp@1,dctdp)")
+                             "frontend at the compact layout upsample U (default rgb,partialface@2,partialface@1,partialface,dctdp@1,dctdp)")
     parser.add_argument("--workers", type=int, default=None, help="data-loader workers for the real run (default: CPUs - 2)")
     parser.add_argument("--work-dir", default=None,
                         help="where the real run's checkpoints go (default OUT/real; keep it outside OUT when OUT "
