@@ -438,12 +438,18 @@ def _numeric_part(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _row_started(out: Path, name: str) -> bool:
+    """Whether the run folder holds any file of row ``name`` (its model or its attack)."""
+    return (out / "models" / name).exists() or (out / "attacks" / name).exists()
+
+
 def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
     """A folder holds one experiment: continuing with a different config would mix numbers.
 
     Only the numeric part is compared: resuming on a machine with more cores may change
     ``threads`` or ``federated.num_cpus``. Rows may be *added* (a new arm for a finished
-    experiment); every row the folder already has must be unchanged.
+    experiment), and a row that has not started (no files of it in the folder) may be changed
+    or dropped; every row the folder has files of must be unchanged.
     """
     path = out / "experiment_config.json"
     mine = cfg.to_dict()
@@ -453,11 +459,11 @@ def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
         old_rows = {m["name"]: m for m in before.pop("models", [])}
         new_rows = {m["name"]: m for m in now.pop("models", [])}
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        changed += [f"models/{n}" for n in old_rows if new_rows.get(n) != old_rows[n]]
+        changed += [f"models/{n}" for n in old_rows if new_rows.get(n) != old_rows[n] and _row_started(out, n)]
         if changed:
             raise ExperimentConfigError(f"{out} was started with a different config (differs in {changed}); "
                                         "use a fresh --out folder")
-        if set(new_rows) == set(old_rows):
+        if _numeric_part(old) == _numeric_part(mine):
             return
     _write_json(path, mine)
     import yaml

@@ -320,14 +320,26 @@ def test_continuing_may_change_execution_settings_only(tmp_path):
                                      "federated": {"clients": 2, "rounds": 3}})
     with pytest.raises(ExperimentConfigError, match=r"differs in \['federated'\]"):
         _check_same_config(other_rounds, tmp_path)
-    # a new row may join a folder; an existing row may not change or disappear
+    # a new row may join a folder; a row with files in it may not change or disappear
     rows = [{"name": "x", "frontend": {"name": "rgb"}}, {"name": "y", "mode": "pfm_distill", "frontend": {"name": "dct"}}]
     _check_same_config(config_from_dict(_tiny_config(rows)), tmp_path)
     assert [m["name"] for m in json.loads((tmp_path / "experiment_config.json").read_text())["models"]] == ["x", "y"]
+    (tmp_path / "models" / "x").mkdir(parents=True)  # x has started
+    # ... while a row that never started may change or go (its numbers do not exist yet)
+    changed_y = [rows[0], {**rows[1], "frontend": {"name": "dct", "upsample": 1}}]
+    _check_same_config(config_from_dict(_tiny_config(changed_y)), tmp_path)
+    stored = json.loads((tmp_path / "experiment_config.json").read_text())["models"]
+    assert stored[1]["frontend"] == {"name": "dct", "upsample": 1}
+    _check_same_config(config_from_dict(_tiny_config(rows[:1])), tmp_path)
+    assert [m["name"] for m in json.loads((tmp_path / "experiment_config.json").read_text())["models"]] == ["x"]
     with pytest.raises(ExperimentConfigError, match=r"models/x"):
         _check_same_config(config_from_dict(_tiny_config([{**rows[0], "mode": "distill"}, rows[1]])), tmp_path)
     with pytest.raises(ExperimentConfigError, match=r"models/x"):
         _check_same_config(config_from_dict(_tiny_config(rows[1:])), tmp_path)
+    (tmp_path / "attacks" / "y").mkdir(parents=True)  # an attack's files count as started too
+    _check_same_config(config_from_dict(_tiny_config(rows)), tmp_path)
+    with pytest.raises(ExperimentConfigError, match=r"models/y"):
+        _check_same_config(config_from_dict(_tiny_config(changed_y)), tmp_path)
 
 
 def test_cpu_recipe_config_loads_with_a_pack():
