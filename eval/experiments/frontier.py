@@ -37,6 +37,10 @@ def worst_case_leakage(leakage: dict[str, Any] | None) -> tuple[float | None, tu
     return best
 
 
+#: unprotected frontends whose output determines the face exactly: how an attacker gets it back
+LOSSLESS_FRONTENDS = {"rgb": "the image itself", "dct": "the image itself (exact inverse DCT)"}
+
+
 def frontier_points(collected: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows with both an accuracy and a leakage figure, as plot-ready points."""
     points = []
@@ -44,10 +48,12 @@ def frontier_points(collected: dict[str, Any]) -> list[dict[str, Any]]:
         v = r.get("verification") or {}
         acc, acc_std = (v.get("accuracy") or (None, None))
         leak, ci, attack = worst_case_leakage(r.get("leakage"))
-        if leak is None and (r.get("frontend") or {}).get("name") == "rgb":
-            # the RGB frontend releases the face itself: its leakage is the raw images' (measured
-            # as a baseline of every attack run), not a separate attack
-            leak, attack = find_fpr(collected.get("raw_images_leakage"), 1e-3), "the image itself"
+        lossless = LOSSLESS_FRONTENDS.get((r.get("frontend") or {}).get("name"))
+        if leak is None and lossless:
+            # RGB releases the face itself and DCT an orthogonal transform of it (its exact inverse,
+            # block_idct, rebuilds the face to float precision): their leakage is the raw images'
+            # (measured as a baseline of every attack run), not a separate attack
+            leak, attack = find_fpr(collected.get("raw_images_leakage"), 1e-3), lossless
         if acc is None or leak is None:
             continue
         points.append({"name": name, "accuracy": acc, "accuracy_std": acc_std or 0.0, "leakage": leak,

@@ -392,11 +392,37 @@ def test_recovered_table_attacker_counts_as_no_secret_leakage():
     assert worst_case_leakage(lk)[0] == 0.013 and "recovered" in worst_case_leakage(lk)[2]
 
 
-def test_rgb_row_without_its_own_attack_sits_at_the_raw_image_leakage():
+def test_unprotected_rows_without_an_attack_sit_at_the_raw_image_leakage():
     from facepriv.eval.experiments.frontier import frontier_points
 
-    collected = {"rows": {"rgb": {"frontend": {"name": "rgb"}, "verification": {"accuracy": (0.9, 0.0)}, "leakage": None},
-                          "dct": {"frontend": {"name": "dct"}, "verification": {"accuracy": (0.9, 0.0)}, "leakage": None}},
+    row = {"verification": {"accuracy": (0.9, 0.0)}, "leakage": None}
+    collected = {"rows": {"rgb": {**row, "frontend": {"name": "rgb"}},
+                          "dct_x1": {**row, "frontend": {"name": "dct", "upsample": 1}},
+                          "pf": {**row, "frontend": {"name": "partialface"}}},  # protected: needs its own attack
                  "raw_images_leakage": {"tpr_at_fpr_1e-3": 0.921}}
     points = {p["name"]: p for p in frontier_points(collected)}
-    assert set(points) == {"rgb"} and points["rgb"]["leakage"] == 0.921 and points["rgb"]["attack"] == "the image itself"
+    assert set(points) == {"rgb", "dct_x1"} and points["rgb"]["leakage"] == 0.921
+    assert points["rgb"]["attack"] == "the image itself" and "exact inverse" in points["dct_x1"]["attack"]
+    # and the DCT's exact inverse really does rebuild the face (what puts the row there)
+    import torch
+
+    from facepriv.frontends import block_dct, block_idct
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for u in (1, 8):
+        assert torch.allclose(block_idct(block_dct(x, u), u), x, atol=1e-4)
+
+
+def test_table_puts_unprotected_rows_at_the_raw_image_leakage():
+    from facepriv.eval.experiments.results import render_markdown
+
+    verification = {"accuracy": (0.86, None), "eer": (0.14, None), "tpr_at_fpr_1e-3": (0.34, None)}
+    results = {"data": {"counts": {"train_images": 1, "train_identities": 1, "test_pairs": 1, "test_identities": 1}},
+               "environment": {}, "raw_images_leakage": {"tpr_at_fpr_1e-3": 0.921},
+               "rows": {"dct_x1": {"mode": "distill", "frontend": {"name": "dct", "upsample": 1},
+                                   "verification": verification, "leakage": None},
+                        "pf": {"mode": "distill", "frontend": {"name": "partialface"},
+                               "verification": verification, "leakage": None}}}
+    lines = {line.split(" | ")[0]: line for line in render_markdown(results).splitlines() if line.startswith("| ")}
+    assert "| 0.921 | the image itself (exact inverse DCT) |" in lines["| dct_x1"]
+    assert "| – | – |" in lines["| pf"]  # a protected row without an attack has no leakage figure
