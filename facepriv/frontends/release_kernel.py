@@ -5,7 +5,8 @@ Why: in the TFace layout DCTDP releases 2.4 M coefficients per face. The NumPy p
 round, two clamps, the table gather, the slow-cell scan, add, rescale) and its 16-bit table
 gather alone costs ~2 ns per element. These numba kernels do the same float32 operations,
 in the same order, element by element, in one pass: the output is bit-identical (tested
-against the NumPy path) and the release costs ~1.6 ns per element instead of ~4.
+against the NumPy path), and DCTDP runs ~1.3x faster end to end (`facepriv bench frontends`,
+``dctdp_release_kernel_speedup``); what is left is memory traffic (docs/frontends.md, Speed).
 
 numba is optional (``pip install "facepriv[fast]"``). Without it, or with
 ``FACEPRIV_NUMBA=0`` in the environment, :data:`AVAILABLE` is false and callers keep the NumPy
