@@ -41,6 +41,17 @@ def worst_case_leakage(leakage: dict[str, Any] | None) -> tuple[float | None, tu
 LOSSLESS_FRONTENDS = {"rgb": "the image itself", "dct": "the image itself (exact inverse DCT)"}
 
 
+def unprotected_leakage(row: dict[str, Any], raw_images_leakage: dict[str, Any] | None) -> tuple[float | None, str] | None:
+    """(leakage, how) for a row whose frontend releases the face losslessly, else None.
+
+    RGB releases the face itself and DCT an orthogonal transform of it (its exact inverse,
+    block_idct, rebuilds the face to float precision): their leakage is the raw images'
+    (measured as a baseline of every attack run), not a separate attack.
+    """
+    how = LOSSLESS_FRONTENDS.get((row.get("frontend") or {}).get("name"))
+    return None if how is None else (find_fpr(raw_images_leakage, 1e-3), how)
+
+
 def frontier_points(collected: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows with both an accuracy and a leakage figure, as plot-ready points."""
     points = []
@@ -48,12 +59,9 @@ def frontier_points(collected: dict[str, Any]) -> list[dict[str, Any]]:
         v = r.get("verification") or {}
         acc, acc_std = (v.get("accuracy") or (None, None))
         leak, ci, attack = worst_case_leakage(r.get("leakage"))
-        lossless = LOSSLESS_FRONTENDS.get((r.get("frontend") or {}).get("name"))
-        if leak is None and lossless:
-            # RGB releases the face itself and DCT an orthogonal transform of it (its exact inverse,
-            # block_idct, rebuilds the face to float precision): their leakage is the raw images'
-            # (measured as a baseline of every attack run), not a separate attack
-            leak, attack = find_fpr(collected.get("raw_images_leakage"), 1e-3), lossless
+        unprotected = unprotected_leakage(r, collected.get("raw_images_leakage"))
+        if leak is None and unprotected:
+            leak, attack = unprotected
         if acc is None or leak is None:
             continue
         points.append({"name": name, "accuracy": acc, "accuracy_std": acc_std or 0.0, "leakage": leak,

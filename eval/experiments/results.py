@@ -15,7 +15,7 @@ from typing import Any
 from facepriv.verification.keys import find_fpr, fpr_key
 
 from .config import ExperimentConfig
-from .frontier import LOSSLESS_FRONTENDS
+from .frontier import unprotected_leakage
 from .lfw_data import LfwHalf
 
 FPRS = (1e-3, 1e-2)
@@ -210,9 +210,9 @@ def render_markdown(results: dict[str, Any], figures_dir: str = "figures") -> st
             lines.append(f"| {name} | {mode} | not run | | | | | | | | |")
             continue
         best = pub.get("best_attack", "–")
-        lossless = LOSSLESS_FRONTENDS.get((r.get("frontend") or {}).get("name"))
-        if not lk and lossless:  # the release determines the face: it leaks what the raw images leak
-            pub, best = {fpr_key(1e-3): find_fpr(raw, 1e-3)}, lossless
+        unprotected = unprotected_leakage(r, raw)
+        if not lk and unprotected:  # the release determines the face: it leaks what the raw images leak
+            pub, best = {fpr_key(1e-3): unprotected[0]}, unprotected[1]
         if pub and pub is lk.get("recovered"):
             best += " (table recovered from traffic)"
         if r.get("attack_shared_from"):  # identical frontend: one attack serves both rows
