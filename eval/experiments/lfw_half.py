@@ -463,7 +463,7 @@ def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
         if changed:
             raise ExperimentConfigError(f"{out} was started with a different config (differs in {changed}); "
                                         "use a fresh --out folder")
-        if _numeric_part(old) == _numeric_part(mine):
+        if before == now and old_rows == new_rows:  # nothing the numbers depend on changed
             return
     _write_json(path, mine)
     import yaml
